@@ -1,0 +1,1 @@
+"""Tokenizers selected by --tokenizer-type."""

@@ -1,0 +1,1 @@
+"""The application layer: arguments, initialisation, the training loop, checkpointing."""
