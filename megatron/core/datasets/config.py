@@ -1,0 +1,60 @@
+"""Typed configuration shared by the GPT, BERT and blended datasets and their builder.
+
+The training application fills these from the command line; library code only ever sees them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional, Tuple
+
+Blend = Tuple[List[str], Optional[List[float]]]
+"""A dataset blend: path prefixes and their weights (None means equal weights)."""
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    """Fields every Megatron-format dataset needs."""
+
+    random_seed: int
+    """Seed of every shuffle (documents, samples, blending); --seed."""
+
+    sequence_length: int
+    """Tokens per sample seen by the model (a GPT sample holds sequence_length + 1); --seq-length."""
+
+    blend: Optional[Blend] = None
+    """Prefixes and weights split into train/valid/test by `split`; --data-path."""
+
+    blend_per_split: Optional[List[Optional[Blend]]] = None
+    """[train, valid, test] blends used instead of `blend` + `split`; --train/valid/test-data-path."""
+
+    split: str = "969,30,1"
+    """Relative train,valid,test weights over documents (e.g. "969,30,1" or "98,2,0"); --split."""
+
+    path_to_cache: Optional[str] = None
+    """Folder for the cached index files; defaults to a `cache/` folder beside the first data file;
+    --data-cache-path."""
+
+    mmap_bin_files: bool = True
+    """Memory-map the .bin files instead of reading them into memory."""
+
+    return_data_index: bool = False
+    """Each sample carries its index in the dataset under key "index"; --return-data-index."""
+
+    train_data_exact_num_epochs: Optional[int] = None
+    """Build the train split from exactly this many epochs of its documents (its length is then
+    whatever those epochs yield); --train-data-exact-num-epochs."""
+
+    def __post_init__(self) -> None:
+        if self.sequence_length <= 0:
+            raise ValueError(f"--seq-length must be positive, got {self.sequence_length}")
+        if self.blend is not None and self.blend_per_split is not None:
+            raise ValueError(
+                "give either --data-path (split by --split) or --train-data-path / "
+                "--valid-data-path / --test-data-path, not both"
+            )
+        if self.train_data_exact_num_epochs is not None and self.train_data_exact_num_epochs <= 0:
+            raise ValueError(
+                "--train-data-exact-num-epochs must be positive, got "
+                f"{self.train_data_exact_num_epochs}"
+            )
