@@ -1,0 +1,4 @@
+"""GPT and BERT models built from the transformer package."""
+
+from .bert import BertModel
+from .gpt import GPTModel

@@ -1,0 +1,164 @@
+"""BERT: embeddings with token types, bidirectional transformer, MLM head and binary head."""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..parallel_state import ParallelState
+from ..tensor_parallel import initialize_parameters, vocab_parallel_cross_entropy
+from ..tensor_parallel.layers import ColumnParallelLinear, mark_tensor_parallel, parallel_lm_logits, set_init
+from ..tensor_parallel.mappings import gather_from_sequence_parallel_region, gather_from_tensor_parallel_region, group_size
+from ..transformer.block import TransformerBlock
+from ..transformer.config import TransformerConfig
+from ..transformer.norm import build_norm
+from .common import LanguageModelEmbedding, global_named_parameters
+from .gpt import WORD_EMBEDDINGS
+
+
+def _linear(in_f: int, out_f: int, config: TransformerConfig) -> torch.nn.Linear:
+    lin = torch.nn.Linear(in_f, out_f, dtype=config.params_dtype)
+    set_init(lin.weight, "normal", config.init_method_std)
+    set_init(lin.bias, "zeros")
+    return lin
+
+
+class BertLMHead(torch.nn.Module):
+    """dense -> GeLU -> norm -> logits against the (tied) word embeddings + a vocab-parallel bias."""
+
+    def __init__(self, config: TransformerConfig, vocab_size: int, tp_group=None):
+        super().__init__()
+        self.dense = _linear(config.hidden_size, config.hidden_size, config)
+        self.layernorm = build_norm(config, config.hidden_size)
+        per = vocab_size // group_size(tp_group)
+        self.bias = torch.nn.Parameter(torch.empty(per, dtype=config.params_dtype))
+        set_init(self.bias, "zeros")
+        mark_tensor_parallel(self.bias, 0)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[s, b, h] -> transformed [s, b, h] (logits are taken by the model)."""
+        return self.layernorm(F.gelu(self.dense(hidden)))
+
+
+class BertModel(torch.nn.Module):
+    """One pipeline chunk of a BERT model.
+
+    Args:
+        config: transformer configuration.
+        vocab_size: padded vocabulary size.
+        max_sequence_length: --max-position-embeddings.
+        pstate / rng_tracker / pre_process / post_process / vp_rank: as for GPTModel.
+        add_binary_head: NSP/SOP classifier on the pooled [CLS] state (off with
+            --bert-no-binary-head).
+        num_tokentypes: token-type embeddings (2 for sentence pairs).
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        vocab_size: int,
+        max_sequence_length: int,
+        pstate: Optional[ParallelState] = None,
+        rng_tracker=None,
+        pre_process: bool = True,
+        post_process: bool = True,
+        add_binary_head: bool = True,
+        num_tokentypes: int = 2,
+        vp_rank: Optional[int] = None,
+    ):
+        super().__init__()
+        pstate = pstate or ParallelState.single()
+        self.config, self.pstate, self.vocab_size = config, pstate, vocab_size
+        self.pre_process, self.post_process = pre_process, post_process
+        self.add_binary_head = add_binary_head
+        tp_group = pstate.tp_group
+        if pre_process:
+            self.embedding = LanguageModelEmbedding(
+                config, vocab_size, max_sequence_length, num_tokentypes, tp_group, rng_tracker
+            )
+        offset = config.layer_offset(pstate.pp_rank, vp_rank)
+        self.decoder = TransformerBlock(
+            config, offset, config.num_layers_per_chunk, False, post_process, tp_group, rng_tracker
+        )
+        if post_process:
+            self.lm_head = BertLMHead(config, vocab_size, tp_group)
+            self.output_layer = None
+            if not pre_process:
+                # Last stage's copy of the tied word embeddings (same init, grads synchronised).
+                self.output_layer = ColumnParallelLinear(
+                    config.hidden_size, vocab_size, tp_group=tp_group, bias=False,
+                    init_std=config.init_method_std, params_dtype=config.params_dtype,
+                )
+                w = self.output_layer.weight
+                w.init_key, w.shared_embedding = WORD_EMBEDDINGS, True
+            if add_binary_head:
+                self.pooler = _linear(config.hidden_size, config.hidden_size, config)
+                self.binary_head = _linear(config.hidden_size, 2, config)
+        if pre_process and not post_process:
+            self.embedding.word_embeddings.weight.shared_embedding = True
+
+    def initialize(self, seed: int, generator_device: str = "cpu") -> None:
+        """Layout-independent init of every parameter (see tensor_parallel.init)."""
+        initialize_parameters(
+            global_named_parameters(self), seed, self.pstate.tp_rank, self.pstate.tp_size, generator_device
+        )
+
+    def output_weight(self) -> torch.Tensor:
+        if self.output_layer is not None:
+            return self.output_layer.weight
+        return self.embedding.word_embeddings.weight
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor],
+        padding_mask: torch.Tensor,
+        tokentype_ids: Optional[torch.Tensor] = None,
+        lm_labels: Optional[torch.Tensor] = None,
+        hidden_input: Optional[torch.Tensor] = None,
+        position_ids: Optional[torch.Tensor] = None,
+    ):
+        """Run this chunk.
+
+        Args:
+            input_ids: [b, s] (first stage); padding_mask: [b, s], 1 for real tokens.
+            tokentype_ids: [b, s] segment ids; lm_labels: [b, s] MLM targets (any value where
+                not predicted; the caller masks the loss).
+            hidden_input: [s, b, h] from the previous stage.
+            position_ids: [b, s]; default 0..s-1.
+
+        Returns:
+            hidden [s, b, h] on non-last stages; else (lm_loss [b, s] or logits [b, s, v],
+            binary logits [b, 2] or None).
+        """
+        b, s = padding_mask.shape
+        # Mask padded keys only; padded query rows still attend (their outputs are not used),
+        # which keeps every softmax row non-empty.
+        attention_mask = (padding_mask == 0).view(b, 1, 1, s)
+        if self.pre_process:
+            if position_ids is None:
+                position_ids = torch.arange(s, device=input_ids.device).unsqueeze(0).expand(b, s)
+            hidden = self.embedding(input_ids, position_ids, tokentype_ids)
+        else:
+            hidden = hidden_input
+        hidden = self.decoder(hidden, attention_mask)
+        if not self.post_process:
+            return hidden
+        return self._heads(hidden, lm_labels)
+
+    def _heads(self, hidden: torch.Tensor, lm_labels: Optional[torch.Tensor]):
+        tp_group = self.pstate.tp_group
+        if self.config.sequence_parallel:
+            # Heads run replicated on every TP rank: gather the sequence once.
+            hidden = gather_from_sequence_parallel_region(hidden, tp_group, grad_is_partial=False)
+        binary_logits = None
+        if self.add_binary_head:
+            pooled = torch.tanh(self.pooler(hidden[0]))  # [CLS] state, [b, h]
+            binary_logits = self.binary_head(pooled)  # [b, 2]
+        transformed = self.lm_head(hidden)  # [s, b, h]
+        logits = parallel_lm_logits(transformed, self.output_weight(), tp_group, False, self.lm_head.bias)
+        if lm_labels is None:
+            return gather_from_tensor_parallel_region(logits, tp_group).transpose(0, 1), binary_logits
+        loss = vocab_parallel_cross_entropy(logits, lm_labels.t(), tp_group)  # [s, b]
+        return loss.t(), binary_logits

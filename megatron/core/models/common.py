@@ -1,0 +1,109 @@
+"""Pieces shared by the GPT and BERT models: embeddings, vocabulary padding, global names."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from typing import Iterator, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ..tensor_parallel.layers import VocabParallelEmbedding, set_init
+from ..tensor_parallel.mappings import scatter_to_sequence_parallel_region
+from ..transformer.config import TransformerConfig
+
+
+def pad_vocab_size(vocab_size: int, divisible_by: int, tp_size: int) -> int:
+    """Round the vocabulary up to a multiple of divisible_by * tp (--make-vocab-size-divisible-by)."""
+    multiple = divisible_by * tp_size
+    return ((vocab_size + multiple - 1) // multiple) * multiple
+
+
+class LanguageModelEmbedding(torch.nn.Module):
+    """Word (+ learned position) (+ token type) embeddings, then dropout; output [s, b, h].
+
+    Args:
+        config: transformer config (hidden size, dropout, init std, sequence parallel).
+        vocab_size: padded vocabulary size.
+        max_sequence_length: rows of the learned position table (--max-position-embeddings);
+            0 disables learned positions (rotary models).
+        num_tokentypes: rows of the token-type table (BERT: 2), 0 for none.
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        vocab_size: int,
+        max_sequence_length: int,
+        num_tokentypes: int = 0,
+        tp_group=None,
+        rng_tracker=None,
+    ):
+        super().__init__()
+        self.config, self.tp_group, self.rng_tracker = config, tp_group, rng_tracker
+        self.word_embeddings = VocabParallelEmbedding(
+            vocab_size,
+            config.hidden_size,
+            tp_group=tp_group,
+            init_std=config.init_method_std,
+            params_dtype=config.params_dtype,
+        )
+        self.position_embeddings = None
+        if max_sequence_length > 0:
+            self.position_embeddings = torch.nn.Embedding(
+                max_sequence_length, config.hidden_size, dtype=config.params_dtype
+            )
+            set_init(self.position_embeddings.weight, "normal", config.init_method_std)
+        self.tokentype_embeddings = None
+        if num_tokentypes > 0:
+            self.tokentype_embeddings = torch.nn.Embedding(
+                num_tokentypes, config.hidden_size, dtype=config.params_dtype
+            )
+            set_init(self.tokentype_embeddings.weight, "normal", config.init_method_std)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: Optional[torch.Tensor] = None,
+        tokentype_ids: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """input_ids [b, s] -> [s, b, h] (or [s/tp, b, h] under sequence parallelism)."""
+        emb = self.word_embeddings(input_ids)  # [s, b, h]
+        if self.position_embeddings is not None:
+            if position_ids is None:
+                raise ValueError("learned position embeddings need position_ids")
+            if position_ids.max() >= self.position_embeddings.num_embeddings:
+                raise ValueError(
+                    f"position {int(position_ids.max())} >= --max-position-embeddings "
+                    f"{self.position_embeddings.num_embeddings}"
+                )
+            emb = emb + self.position_embeddings(position_ids.t())
+        if self.tokentype_embeddings is not None and tokentype_ids is not None:
+            emb = emb + self.tokentype_embeddings(tokentype_ids.t())
+        if self.config.sequence_parallel:
+            emb = scatter_to_sequence_parallel_region(emb, self.tp_group)
+            fork = self.rng_tracker.fork() if self.rng_tracker is not None else contextlib.nullcontext()
+        else:
+            fork = contextlib.nullcontext()
+        p = self.config.hidden_dropout if self.training else 0.0
+        with fork:
+            return F.dropout(emb, p=p, training=p > 0)
+
+
+_LAYER_RE = re.compile(r"^decoder\.layers\.(\d+)\.")
+
+
+def global_named_parameters(model: torch.nn.Module) -> Iterator[Tuple[str, torch.nn.Parameter]]:
+    """(name, param) with pipeline-local layer indices replaced by global ones.
+
+    The names are the same for a layer wherever the pipeline layout puts it, so they key both
+    initialisation and checkpoints.
+    """
+    layers = model.decoder.layers
+    for name, p in model.named_parameters():
+        m = _LAYER_RE.match(name)
+        if m:
+            global_idx = layers[int(m.group(1))].layer_number - 1
+            name = f"decoder.layers.{global_idx}." + name[m.end():]
+        yield name, p

@@ -1,0 +1,133 @@
+"""GPT: embeddings, causal transformer stack, (tied) output layer and vocab-parallel loss."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..parallel_state import ParallelState
+from ..tensor_parallel import initialize_parameters, vocab_parallel_cross_entropy
+from ..tensor_parallel.layers import ColumnParallelLinear, parallel_lm_logits
+from ..tensor_parallel.mappings import gather_from_tensor_parallel_region
+from ..transformer.block import TransformerBlock
+from ..transformer.config import TransformerConfig
+from ..transformer.rotary import RotaryEmbedding
+from .common import LanguageModelEmbedding, global_named_parameters
+
+WORD_EMBEDDINGS = "embedding.word_embeddings.weight"
+
+
+class GPTModel(torch.nn.Module):
+    """One pipeline chunk of a GPT model.
+
+    Args:
+        config: transformer configuration.
+        vocab_size: padded vocabulary size.
+        max_sequence_length: --max-position-embeddings (rows of the learned position table).
+        pstate: process groups of this rank.
+        rng_tracker: dropout RNG streams (None: dropout uses the default stream only).
+        pre_process: this chunk holds the embeddings (first stage).
+        post_process: this chunk holds the output layer (last stage).
+        share_embeddings_and_output_weights: tied input/output embeddings (GPT-3 default;
+            --untie-embeddings-and-output-weights turns it off).
+        vp_rank: virtual pipeline rank of this chunk (interleaved schedule).
+    """
+
+    def __init__(
+        self,
+        config: TransformerConfig,
+        vocab_size: int,
+        max_sequence_length: int,
+        pstate: Optional[ParallelState] = None,
+        rng_tracker=None,
+        pre_process: bool = True,
+        post_process: bool = True,
+        share_embeddings_and_output_weights: bool = True,
+        vp_rank: Optional[int] = None,
+    ):
+        super().__init__()
+        pstate = pstate or ParallelState.single()
+        self.config, self.pstate, self.vocab_size = config, pstate, vocab_size
+        self.pre_process, self.post_process = pre_process, post_process
+        self.share_embeddings_and_output_weights = share_embeddings_and_output_weights
+        tp_group = pstate.tp_group
+        rope = config.position_embedding_type == "rope"
+        if pre_process:
+            self.embedding = LanguageModelEmbedding(
+                config, vocab_size, 0 if rope else max_sequence_length, 0, tp_group, rng_tracker
+            )
+        self.rotary = RotaryEmbedding(config.kv_channels, config.rotary_percent, config.rotary_base) if rope else None
+        offset = config.layer_offset(pstate.pp_rank, vp_rank)
+        self.decoder = TransformerBlock(
+            config, offset, config.num_layers_per_chunk, True, post_process, tp_group, rng_tracker
+        )
+        self.output_layer = None
+        if post_process and not (share_embeddings_and_output_weights and pre_process):
+            self.output_layer = ColumnParallelLinear(
+                config.hidden_size,
+                vocab_size,
+                tp_group=tp_group,
+                bias=False,
+                init_std=config.init_method_std,
+                sequence_parallel=config.sequence_parallel,
+                params_dtype=config.params_dtype,
+            )
+            if share_embeddings_and_output_weights:
+                # Last stage's copy of the word embeddings: same init, grads summed with the
+                # first stage's over the embedding group.
+                w = self.output_layer.weight
+                w.init_key, w.shared_embedding = WORD_EMBEDDINGS, True
+        if share_embeddings_and_output_weights and pre_process and not post_process:
+            self.embedding.word_embeddings.weight.shared_embedding = True
+
+    def initialize(self, seed: int, generator_device: str = "cpu") -> None:
+        """Layout-independent init of every parameter (see tensor_parallel.init)."""
+        initialize_parameters(
+            global_named_parameters(self), seed, self.pstate.tp_rank, self.pstate.tp_size, generator_device
+        )
+
+    def output_weight(self) -> torch.Tensor:
+        """The weight that maps hidden states to this rank's vocabulary shard of logits."""
+        if self.output_layer is not None:
+            return self.output_layer.weight
+        return self.embedding.word_embeddings.weight
+
+    def forward(
+        self,
+        input_ids: Optional[torch.Tensor],
+        position_ids: Optional[torch.Tensor],
+        attention_mask: Optional[torch.Tensor] = None,
+        labels: Optional[torch.Tensor] = None,
+        hidden_input: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Run this chunk.
+
+        Args:
+            input_ids: [b, s] token ids (first stage).
+            position_ids: [b, s] positions (learned embeddings and rotary tables).
+            attention_mask: None (plain causal) or bool [b, 1, s, s], True = masked out.
+            labels: [b, s] next-token targets (last stage); when given the result is the
+                per-token loss.
+            hidden_input: [s, b, h] activations from the previous stage (not first stage).
+
+        Returns:
+            [s, b, h] hidden states (not the last stage), else per-token loss [b, s] (fp32) when
+            labels are given, else logits [b, s, vocab] gathered over the TP group.
+        """
+        if self.pre_process:
+            hidden = self.embedding(input_ids, position_ids)
+        else:
+            hidden = hidden_input
+        rotary = self.rotary(position_ids) if self.rotary is not None else None
+        hidden = self.decoder(hidden, attention_mask, rotary)
+        if not self.post_process:
+            return hidden
+        logits = parallel_lm_logits(
+            hidden, self.output_weight(), self.pstate.tp_group, self.config.sequence_parallel
+        )  # [s, b, v/tp]
+        if labels is None:
+            full = gather_from_tensor_parallel_region(logits, self.pstate.tp_group)
+            return full.transpose(0, 1)  # [b, s, v]
+        loss = vocab_parallel_cross_entropy(logits, labels.t(), self.pstate.tp_group)  # [s, b]
+        return loss.t()  # [b, s]

@@ -1,0 +1,5 @@
+"""Transformer building blocks: config, attention, MLP, layer, block."""
+
+from .block import TransformerBlock
+from .config import TransformerConfig
+from .layer import TransformerLayer
