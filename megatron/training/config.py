@@ -1,0 +1,336 @@
+"""Options of the training application, one dataclass per concern.
+
+Every field is a command-line option (see `options.py`): its docstring is the `--help` text and
+`__post_init__` validates it. Options of the library live in the library's own configs
+(`TransformerConfig`, `OptimizerConfig`, `TokenizerConfig`, dataset configs) and are exposed on the
+command line by the same mechanism.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import List, Optional
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """Batch sizes, budget, stopping and evaluation."""
+
+    micro_batch_size: int = 1
+    """Samples per micro-batch on each data-parallel rank."""
+
+    global_batch_size: Optional[int] = None
+    """Samples per optimizer step over all data-parallel ranks (default: micro batch x DP);
+    the difference is made up with gradient accumulation."""
+
+    rampup_batch_size: Optional[List[int]] = None
+    """Batch size ramp-up: <start> <increment> <ramp-up samples>; the global batch grows from start
+    by increment over the given number of samples."""
+
+    train_iters: Optional[int] = None
+    """Optimizer steps to train for."""
+
+    train_samples: Optional[int] = None
+    """Samples to train for (alternative to --train-iters)."""
+
+    train_tokens: Optional[int] = None
+    """Tokens to train for; counts the actual tokens consumed (curriculum-truncated and
+    random-LTD-effective lengths when those are on)."""
+
+    exit_interval: Optional[int] = None
+    """Save (when --save is set) and exit when the iteration is a multiple of this."""
+
+    exit_duration_in_mins: Optional[float] = None
+    """Save and exit after this many minutes of training."""
+
+    exit_signal_handler: bool = False
+    """Save and exit on SIGTERM (the handler is installed even without this flag when --save is
+    set; this flag only keeps Megatron launch scripts working)."""
+
+    seed: int = 1234
+    """Seed of initialisation, dropout and data shuffling."""
+
+    dataloader_type: str = "single"
+    """single (samples in dataset order, resumable) or cyclic (a seeded shuffle per epoch)."""
+
+    num_workers: int = 2
+    """Data-loader worker processes per rank."""
+
+    eval_interval: int = 1000
+    """Iterations between validation runs."""
+
+    eval_iters: int = 100
+    """Micro-batch steps per validation run (each one global batch)."""
+
+    skip_train: bool = False
+    """Only evaluate (after loading --load)."""
+
+    log_interval: int = 100
+    """Iterations between log lines."""
+
+    def __post_init__(self) -> None:
+        if self.micro_batch_size < 1:
+            raise ValueError(f"--micro-batch-size must be >= 1, got {self.micro_batch_size}")
+        if self.rampup_batch_size is not None and len(self.rampup_batch_size) != 3:
+            raise ValueError(
+                "--rampup-batch-size takes 3 numbers: <start batch> <increment> <ramp-up samples>, "
+                f"got {self.rampup_batch_size}"
+            )
+        budgets = [x for x in (self.train_iters, self.train_samples, self.train_tokens) if x is not None]
+        if len(budgets) > 1 and not (self.train_tokens is not None and len(budgets) == 2):
+            raise ValueError(
+                "give only one of --train-iters and --train-samples (--train-tokens may be combined "
+                "with either as an extra stop condition)"
+            )
+        if self.dataloader_type not in ("single", "cyclic"):
+            raise ValueError(f"--dataloader-type must be single or cyclic, got {self.dataloader_type!r}")
+        for name in ("eval_interval", "log_interval"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
+        if self.eval_iters < 0 or self.num_workers < 0:
+            raise ValueError("--eval-iters and --num-workers must be >= 0")
+
+
+@dataclasses.dataclass
+class SchedulerConfig:
+    """Learning-rate warmup and decay."""
+
+    lr_decay_style: str = "linear"
+    """constant, linear, cosine or inverse-square-root."""
+
+    lr_decay_iters: Optional[int] = None
+    """Iterations to decay over (default: the training budget)."""
+
+    lr_decay_samples: Optional[int] = None
+    """Samples to decay over."""
+
+    lr_decay_tokens: Optional[int] = None
+    """Tokens to decay over (token-based decay counts the actual tokens consumed)."""
+
+    lr_warmup_fraction: Optional[float] = None
+    """Fraction of the decay span used for warmup."""
+
+    lr_warmup_iters: int = 0
+    """Iterations of linear warmup."""
+
+    lr_warmup_samples: int = 0
+    """Samples of linear warmup."""
+
+    lr_warmup_tokens: Optional[int] = None
+    """Tokens of linear warmup."""
+
+    override_opt_param_scheduler: bool = False
+    """Ignore the scheduler state of the checkpoint and use the command-line values."""
+
+    use_checkpoint_opt_param_scheduler: bool = False
+    """Take the scheduler values from the checkpoint instead of the command line."""
+
+    def __post_init__(self) -> None:
+        styles = ("constant", "linear", "cosine", "inverse-square-root")
+        if self.lr_decay_style not in styles:
+            raise ValueError(f"--lr-decay-style must be one of {styles}, got {self.lr_decay_style!r}")
+        if self.override_opt_param_scheduler and self.use_checkpoint_opt_param_scheduler:
+            raise ValueError(
+                "--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler exclude each other"
+            )
+        if self.lr_warmup_fraction is not None and (self.lr_warmup_iters or self.lr_warmup_samples):
+            raise ValueError("give --lr-warmup-fraction or --lr-warmup-iters/samples, not both")
+        if self.lr_warmup_fraction is not None and not 0.0 <= self.lr_warmup_fraction <= 1.0:
+            raise ValueError(f"--lr-warmup-fraction must be in [0, 1], got {self.lr_warmup_fraction}")
+
+
+@dataclasses.dataclass
+class CheckpointConfig:
+    """Saving and loading."""
+
+    save: Optional[str] = None
+    """Folder to save checkpoints to."""
+
+    save_interval: Optional[int] = None
+    """Iterations between checkpoints."""
+
+    load: Optional[str] = None
+    """Folder to load a checkpoint from (its latest_checkpointed_iteration.txt)."""
+
+    no_load_optim: bool = False
+    """Do not load the optimizer state."""
+
+    no_load_rng: bool = False
+    """Do not load the RNG states."""
+
+    no_save_optim: bool = False
+    """Do not save the optimizer state."""
+
+    no_save_rng: bool = False
+    """Do not save the RNG states."""
+
+    finetune: bool = False
+    """Load only the model weights and start at iteration 0 (no optimizer, RNG or data state)."""
+
+    use_checkpoint_args: bool = False
+    """Take the model architecture from the checkpoint's stored arguments."""
+
+    ckpt_step: Optional[int] = None
+    """Load this iteration instead of the latest."""
+
+    def __post_init__(self) -> None:
+        if self.save_interval is not None and self.save_interval < 1:
+            raise ValueError(f"--save-interval must be >= 1, got {self.save_interval}")
+
+
+@dataclasses.dataclass
+class ParallelConfig:
+    """Process layout and the distributed runtime."""
+
+    tensor_model_parallel_size: int = 1
+    """Ranks that shard each layer (tensor parallelism)."""
+
+    pipeline_model_parallel_size: int = 1
+    """Pipeline stages."""
+
+    num_layers_per_virtual_pipeline_stage: Optional[int] = None
+    """Layers per virtual stage: turns on the interleaved 1F1B schedule."""
+
+    sequence_parallel: bool = False
+    """Shard LayerNorm and dropout regions along the sequence across the TP group."""
+
+    distributed_backend: Optional[str] = None
+    """nccl or gloo (default: nccl with CUDA, else gloo)."""
+
+    distributed_timeout_minutes: float = 10.0
+    """Timeout of collectives; a rank that stops answering makes the others fail after this long."""
+
+    use_cpu_initialization: bool = False
+    """Generate initial weights on the CPU (identical for every layout; slower on GPUs)."""
+
+    overlap_grad_reduce: bool = True
+    """Overlap the data-parallel gradient reduction with the backward pass."""
+
+    accumulate_allreduce_grads_in_fp32: bool = False
+    """Accumulate and reduce gradients in fp32 (always the case with --bf16)."""
+
+    def __post_init__(self) -> None:
+        if self.distributed_backend not in (None, "nccl", "gloo"):
+            raise ValueError(f"--distributed-backend must be nccl or gloo, got {self.distributed_backend!r}")
+        if self.tensor_model_parallel_size < 1 or self.pipeline_model_parallel_size < 1:
+            raise ValueError("parallel sizes must be >= 1")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Model options outside the transformer stack itself."""
+
+    seq_length: Optional[int] = None
+    """Tokens per sample."""
+
+    max_position_embeddings: Optional[int] = None
+    """Rows of the learned position table (default: --seq-length)."""
+
+    make_vocab_size_divisible_by: int = 128
+    """Pad the vocabulary to a multiple of this (times TP) for efficient shards."""
+
+    untie_embeddings_and_output_weights: bool = False
+    """Separate output layer instead of reusing the word embeddings."""
+
+    use_rotary_position_embeddings: bool = False
+    """Rotary position embeddings (RoPE) instead of learned absolute positions."""
+
+    disable_bias_linear: bool = False
+    """No biases in the linear layers."""
+
+    bert_no_binary_head: bool = False
+    """BERT without the NSP/SOP binary head."""
+
+    bert_binary_head_type: str = "sop"
+    """Task of BERT's binary head: sop (sentence order, Megatron's default) or nsp."""
+
+    attention_softmax_in_fp32: bool = False
+    """Accepted for compatibility: SDPA always accumulates the softmax in fp32."""
+
+    checkpoint_activations: bool = False
+    """Older alias of --recompute-granularity full --recompute-method uniform
+    --recompute-num-layers 1."""
+
+    def __post_init__(self) -> None:
+        if self.seq_length is not None and self.seq_length < 1:
+            raise ValueError(f"--seq-length must be positive, got {self.seq_length}")
+        if self.make_vocab_size_divisible_by < 1:
+            raise ValueError("--make-vocab-size-divisible-by must be >= 1")
+        if self.bert_binary_head_type not in ("sop", "nsp"):
+            raise ValueError(f"--bert-binary-head-type must be sop or nsp, got {self.bert_binary_head_type!r}")
+
+
+@dataclasses.dataclass
+class DataConfig:
+    """Where the training data comes from and how samples are formed."""
+
+    data_path: Optional[List[str]] = None
+    """Dataset prefixes, optionally weighted: `prefix` or `w1 prefix1 w2 prefix2 ...`."""
+
+    split: str = "969,30,1"
+    """Train,valid,test proportions of the documents of --data-path."""
+
+    train_data_path: Optional[List[str]] = None
+    """Training prefixes (instead of --data-path + --split)."""
+
+    valid_data_path: Optional[List[str]] = None
+    """Validation prefixes."""
+
+    test_data_path: Optional[List[str]] = None
+    """Test prefixes."""
+
+    data_cache_path: Optional[str] = None
+    """Folder for the cached sample indices."""
+
+    mock_data: bool = False
+    """Train on synthetic random tokens (no data files)."""
+
+    reset_position_ids: bool = False
+    """Restart position ids after each end-of-document token."""
+
+    reset_attention_mask: bool = False
+    """Do not attend across end-of-document tokens."""
+
+    eod_mask_loss: bool = False
+    """No loss on end-of-document tokens."""
+
+    mask_prob: float = 0.15
+    """BERT: probability of masking each token."""
+
+    short_seq_prob: float = 0.1
+    """BERT: probability of a shorter sample."""
+
+    train_data_exact_num_epochs: Optional[int] = None
+    """Build the training split from exactly this many epochs."""
+
+    return_data_index: bool = False
+    """Samples carry their dataset index."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.mask_prob < 1.0:
+            raise ValueError(f"--mask-prob must be in [0, 1), got {self.mask_prob}")
+        if not 0.0 <= self.short_seq_prob <= 1.0:
+            raise ValueError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
+
+
+@dataclasses.dataclass
+class LoggingConfig:
+    """Where metrics go."""
+
+    tensorboard_dir: Optional[str] = None
+    """Write TensorBoard scalars here (needs the tensorboard package)."""
+
+    log_validation_ppl_to_tensorboard: bool = False
+    """Also write validation perplexity."""
+
+    log_timers_to_tensorboard: bool = False
+    """Also write step timers."""
+
+    wandb_project: Optional[str] = None
+    """Weights & Biases project (needs the wandb package)."""
+
+    wandb_exp_name: Optional[str] = None
+    """Weights & Biases run name."""
+
+    wandb_save_dir: Optional[str] = None
+    """Weights & Biases local folder."""
