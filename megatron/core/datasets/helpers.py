@@ -1,0 +1,251 @@
+"""Index builders for the GPT and blended datasets: C++ accelerators and their numpy references.
+
+Each builder exists twice: in the compiled extension `megatron.core.datasets.helpers_cpp`
+(csrc/data_helpers/, built by `pip install -e .`) and here as a pure numpy reference
+(`*_py`). The dispatching functions `build_sample_idx` and `build_blending_indices` use the
+extension when it is importable and otherwise log one warning and run the reference; both give
+identical arrays (tests/unit/test_dataset_helpers.py).
+
+The two formulations differ on purpose: the C++ sample index walks documents sample by sample,
+the reference locates every sample start at once with a binary search over cumulative token
+counts, so the parity test compares two independent derivations of the same definition.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+from types import ModuleType
+from typing import Optional, Tuple
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "cpp", "python")
+"""Accepted `backend` arguments: the extension when importable ("auto"), or one forced path."""
+
+_INT32_MAX = np.iinfo(np.int32).max
+
+
+@functools.lru_cache(maxsize=None)
+def _cpp_module() -> Optional[ModuleType]:
+    """The compiled extension, or None (logging the reason once per process)."""
+    try:
+        helpers_cpp = importlib.import_module("megatron.core.datasets.helpers_cpp")
+    except ImportError as exc:
+        logger.warning(
+            "the C++ dataset helpers (megatron.core.datasets.helpers_cpp) are not importable "
+            "(%s); using the slower numpy reference. Build them with `pip install -e .` or "
+            "`python setup.py build_ext --inplace` from the repository root.",
+            exc,
+        )
+        return None
+    if not all(hasattr(helpers_cpp, n) for n in ("build_sample_idx", "build_blending_indices")):
+        logger.warning(
+            "megatron.core.datasets.helpers_cpp is stale (no build_sample_idx / "
+            "build_blending_indices); using the numpy reference. Rebuild with `pip install -e .`."
+        )
+        return None
+    return helpers_cpp
+
+
+def cpp_available() -> bool:
+    """Whether the compiled helpers can be used."""
+    return _cpp_module() is not None
+
+
+def _resolve(backend: str) -> Optional[ModuleType]:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "python":
+        return None
+    module = _cpp_module()
+    if module is None and backend == "cpp":
+        raise ImportError(
+            "backend='cpp' requested but megatron.core.datasets.helpers_cpp is not built; run "
+            "`python setup.py build_ext --inplace` from the repository root"
+        )
+    return module
+
+
+def build_sample_idx(
+    sizes: np.ndarray,
+    doc_idx: np.ndarray,
+    seq_length: int,
+    num_epochs: int,
+    tokens_per_epoch: int,
+    drop_last_partial_sequence: bool = True,
+    add_extra_token: int = 1,
+    backend: str = "auto",
+    force_int64: bool = False,
+) -> np.ndarray:
+    """Where each GPT sample starts: [S + 1, 2] rows of (position in doc_idx, token offset).
+
+    Args:
+        sizes: int32 [N] tokens of every sequence of the indexed dataset.
+        doc_idx: int32/int64 sequence ids in the (shuffled, multi-epoch) order samples read them.
+        seq_length: tokens per sample seen by the model.
+        num_epochs: epochs that doc_idx holds.
+        tokens_per_epoch: tokens of one epoch (sum of sizes over one epoch's documents).
+        drop_last_partial_sequence: drop the final incomplete sample (Megatron's default); when
+            False it is kept (S rounds up) and reaches the last token of doc_idx.
+        add_extra_token: tokens each sample shares with the next (1: inputs and labels both get
+            seq_length tokens from seq_length + 1).
+        backend: "auto" (C++ when built), "cpp" or "python".
+        force_int64: return int64 even when int32 would do (tests the wide path).
+
+    Returns:
+        int32 array (int64 when a position or offset could exceed int32) of shape [S + 1, 2] with
+        S = (num_epochs * tokens_per_epoch - add_extra_token) // seq_length. Row i is where sample
+        i starts; sample i holds seq_length + add_extra_token tokens from there, spanning
+        documents, and ends where row i + 1 starts plus add_extra_token tokens.
+    """
+    module = _resolve(backend)
+    args = (int(seq_length), int(num_epochs), int(tokens_per_epoch))
+    flags = (bool(drop_last_partial_sequence), int(add_extra_token), bool(force_int64))
+    if module is None:
+        return build_sample_idx_py(sizes, doc_idx, *args, *flags)
+    doc_idx = np.asarray(doc_idx)
+    if doc_idx.dtype not in (np.int32, np.int64):
+        doc_idx = doc_idx.astype(np.int64)
+    return module.build_sample_idx(sizes, doc_idx, *args, *flags)
+
+
+def _check_sample_idx_args(sizes, doc_idx, seq_length, num_epochs, tokens_per_epoch, extra):
+    if sizes.ndim != 1 or doc_idx.ndim != 1:
+        raise ValueError(
+            f"build_sample_idx: sizes and doc_idx must be 1-D arrays, got {sizes.ndim}-D and "
+            f"{doc_idx.ndim}-D"
+        )
+    if doc_idx.size and not np.issubdtype(doc_idx.dtype, np.integer):
+        raise TypeError(f"build_sample_idx: doc_idx must be int32 or int64, got {doc_idx.dtype}")
+    if seq_length < 1 or num_epochs < 1 or tokens_per_epoch < 0 or extra < 0:
+        raise ValueError(
+            "build_sample_idx: need seq_length >= 1, num_epochs >= 1, tokens_per_epoch >= 0 and "
+            f"add_extra_token >= 0; got {seq_length}, {num_epochs}, {tokens_per_epoch}, {extra}"
+        )
+    if num_epochs * tokens_per_epoch < extra:
+        raise ValueError(
+            f"build_sample_idx: {num_epochs * tokens_per_epoch} tokens cannot hold even one "
+            f"sample (add_extra_token = {extra})"
+        )
+    if doc_idx.size and (doc_idx.min() < 0 or doc_idx.max() >= sizes.size):
+        bad = int(np.argmax((doc_idx < 0) | (doc_idx >= sizes.size)))
+        raise ValueError(
+            f"build_sample_idx: doc_idx[{bad}] = {doc_idx[bad]} is not a valid index into sizes "
+            f"({sizes.size} entries)"
+        )
+
+
+def build_sample_idx_py(
+    sizes: np.ndarray,
+    doc_idx: np.ndarray,
+    seq_length: int,
+    num_epochs: int,
+    tokens_per_epoch: int,
+    drop_last_partial_sequence: bool = True,
+    add_extra_token: int = 1,
+    force_int64: bool = False,
+) -> np.ndarray:
+    """Numpy reference of `build_sample_idx` (same arguments and result).
+
+    Sample i > 0 starts at global token position p = i * seq_length of the concatenated
+    documents. It lies in the document that holds token p + add_extra_token - 1 (the last token
+    of sample i - 1), i.e. the first position j of doc_idx with cumsum[j + 1] >= p + extra,
+    at offset p - cumsum[j]. Past the end of doc_idx (only a kept partial last sample) the start
+    is `add_extra_token` tokens before the end of the last document.
+    """
+    sizes = np.asarray(sizes)
+    doc_idx = np.asarray(doc_idx)
+    seq_length, num_epochs = int(seq_length), int(num_epochs)
+    tokens_per_epoch, extra = int(tokens_per_epoch), int(add_extra_token)
+    _check_sample_idx_args(sizes, doc_idx, seq_length, num_epochs, tokens_per_epoch, extra)
+    doc_sizes = sizes[doc_idx].astype(np.int64)
+    ends = np.cumsum(doc_sizes)  # ends[j] = cumsum[j + 1]: tokens up to the end of doc_idx[j]
+    available = int(ends[-1]) if ends.size else 0
+    total = num_epochs * tokens_per_epoch
+    if available < total:
+        raise ValueError(
+            f"build_sample_idx: num_epochs * tokens_per_epoch = {total} but doc_idx spans only "
+            f"{available} tokens; pass the doc_idx of all epochs"
+        )
+    usable = total - extra
+    num_samples = usable // seq_length if drop_last_partial_sequence else -(-usable // seq_length)
+    if num_samples > 0 and doc_idx.size == 0:
+        raise ValueError("build_sample_idx: doc_idx is empty but samples were requested")
+
+    starts = np.arange(1, num_samples + 1, dtype=np.int64) * seq_length  # [S]
+    pos = np.searchsorted(ends, starts + extra, side="left")  # [S]
+    past_end = pos >= doc_idx.size
+    pos = np.minimum(pos, doc_idx.size - 1)
+    begins = ends[pos] - doc_sizes[pos]  # cumsum[j]
+    offsets = np.where(past_end, doc_sizes[pos] - extra, starts - begins)
+
+    max_value = max(doc_idx.size, int(sizes.max()) if sizes.size else 0)
+    dtype = np.int64 if force_int64 or max_value > _INT32_MAX else np.int32
+    out = np.zeros((num_samples + 1, 2), dtype=dtype)  # [S + 1, 2]; row 0 = (0, 0)
+    out[1:, 0] = pos
+    out[1:, 1] = offsets
+    return out
+
+
+def build_blending_indices(
+    weights: np.ndarray, size: int, backend: str = "auto"
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Which dataset, and which of its samples, each of `size` blended samples comes from.
+
+    Args:
+        weights: float64 [D] non-negative weights (normally summing to 1).
+        size: number of blended samples.
+        backend: "auto" (C++ when built), "cpp" or "python".
+
+    Returns:
+        (dataset_index int16 [size], dataset_sample_index int64 [size]). Sample i goes to the
+        dataset d maximising weights[d] * max(i, 1) - count[d] (the first on ties), and
+        dataset_sample_index[i] is count[d] before it is incremented, so each dataset is read
+        in order 0, 1, 2, ... and dataset d's share stays within about one sample of weights[d].
+    """
+    module = _resolve(backend)
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
+    if module is None:
+        return build_blending_indices_py(weights, size)
+    return module.build_blending_indices(weights, int(size))
+
+
+def build_blending_indices_py(weights: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Reference of `build_blending_indices` (same arguments and result; a plain Python loop)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    size = int(size)
+    if weights.ndim != 1 or weights.size == 0:
+        raise ValueError("build_blending_indices: weights must be a non-empty 1-D array")
+    if weights.size > np.iinfo(np.int16).max:
+        raise ValueError(
+            f"build_blending_indices: {weights.size} datasets exceed the int16 dataset index "
+            "(at most 32767)"
+        )
+    if size < 0:
+        raise ValueError(f"build_blending_indices: size must be >= 0, got {size}")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        bad = int(np.argmax(~np.isfinite(weights) | (weights < 0)))
+        raise ValueError(
+            f"build_blending_indices: weights[{bad}] = {weights[bad]} is not a finite "
+            "non-negative number"
+        )
+    w = weights.tolist()  # Python floats: the same IEEE doubles as the C++ loop, faster per item
+    counts = [0] * len(w)
+    datasets = range(len(w))
+    dataset_index = np.empty(size, dtype=np.int16)
+    dataset_sample_index = np.empty(size, dtype=np.int64)
+    for i in range(size):
+        position = float(max(i, 1))
+        best, best_error = 0, -np.inf
+        for d in datasets:
+            error = w[d] * position - counts[d]
+            if error > best_error:
+                best, best_error = d, error
+        dataset_index[i] = best
+        dataset_sample_index[i] = counts[best]
+        counts[best] += 1
+    return dataset_index, dataset_sample_index
