@@ -98,6 +98,14 @@ class BertModel(torch.nn.Module):
                 self.binary_head = _linear(config.hidden_size, 2, config)
         if pre_process and not post_process:
             self.embedding.word_embeddings.weight.shared_embedding = True
+        self._input_tensor: Optional[torch.Tensor] = None
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Activations [s, b, h] from the previous pipeline stage for the next forward (see
+        GPTModel.set_input_tensor)."""
+        if isinstance(input_tensor, (list, tuple)):
+            (input_tensor,) = input_tensor
+        self._input_tensor = input_tensor
 
     def initialize(self, seed: int, generator_device: str = "cpu") -> None:
         """Layout-independent init of every parameter (see tensor_parallel.init)."""
@@ -125,7 +133,8 @@ class BertModel(torch.nn.Module):
             input_ids: [b, s] (first stage); padding_mask: [b, s], 1 for real tokens.
             tokentype_ids: [b, s] segment ids; lm_labels: [b, s] MLM targets (any value where
                 not predicted; the caller masks the loss).
-            hidden_input: [s, b, h] from the previous stage.
+            hidden_input: [s, b, h] from the previous stage (default: the tensor given to
+                set_input_tensor).
             position_ids: [b, s]; default 0..s-1.
 
         Returns:
@@ -141,7 +150,12 @@ class BertModel(torch.nn.Module):
                 position_ids = torch.arange(s, device=input_ids.device).unsqueeze(0).expand(b, s)
             hidden = self.embedding(input_ids, position_ids, tokentype_ids)
         else:
-            hidden = hidden_input
+            hidden = hidden_input if hidden_input is not None else self._input_tensor
+            if hidden is None:
+                raise ValueError(
+                    "this BERT chunk is not the first pipeline stage: pass hidden_input or call "
+                    "set_input_tensor with the previous stage's activations first"
+                )
         hidden = self.decoder(hidden, attention_mask)
         if not self.post_process:
             return hidden

@@ -80,6 +80,18 @@ class GPTModel(torch.nn.Module):
                 w.init_key, w.shared_embedding = WORD_EMBEDDINGS, True
         if share_embeddings_and_output_weights and pre_process and not post_process:
             self.embedding.word_embeddings.weight.shared_embedding = True
+        self._input_tensor: Optional[torch.Tensor] = None
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Activations [s, b, h] from the previous pipeline stage for the next forward.
+
+        The pipeline schedules call this before each forward of a chunk that is not the first
+        stage; forward uses it when no `hidden_input` is passed. None clears it. A one-element
+        list (Megatron's calling convention) is accepted.
+        """
+        if isinstance(input_tensor, (list, tuple)):
+            (input_tensor,) = input_tensor
+        self._input_tensor = input_tensor
 
     def initialize(self, seed: int, generator_device: str = "cpu") -> None:
         """Layout-independent init of every parameter (see tensor_parallel.init)."""
@@ -109,7 +121,8 @@ class GPTModel(torch.nn.Module):
             attention_mask: None (plain causal) or bool [b, 1, s, s], True = masked out.
             labels: [b, s] next-token targets (last stage); when given the result is the
                 per-token loss.
-            hidden_input: [s, b, h] activations from the previous stage (not first stage).
+            hidden_input: [s, b, h] activations from the previous stage (not first stage;
+                default: the tensor given to set_input_tensor).
 
         Returns:
             [s, b, h] hidden states (not the last stage), else per-token loss [b, s] (fp32) when
@@ -118,7 +131,12 @@ class GPTModel(torch.nn.Module):
         if self.pre_process:
             hidden = self.embedding(input_ids, position_ids)
         else:
-            hidden = hidden_input
+            hidden = hidden_input if hidden_input is not None else self._input_tensor
+            if hidden is None:
+                raise ValueError(
+                    "this GPT chunk is not the first pipeline stage: pass hidden_input or call "
+                    "set_input_tensor with the previous stage's activations first"
+                )
         rotary = self.rotary(position_ids) if self.rotary is not None else None
         hidden = self.decoder(hidden, attention_mask, rotary)
         if not self.post_process:

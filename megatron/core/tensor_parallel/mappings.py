@@ -52,9 +52,10 @@ def _gather_last(x: torch.Tensor, group) -> torch.Tensor:
     if n == 1:
         return x
     x = x.contiguous()
-    out = torch.empty((n,) + tuple(x.shape), dtype=x.dtype, device=x.device)  # [n, ..., h/n]
+    # all_gather_into_tensor concatenates along dim 0 (gloo rejects a new leading dim).
+    out = torch.empty((n * x.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)  # [n*s, ..., h/n]
     dist.all_gather_into_tensor(out, x, group=group)
-    return torch.cat(out.unbind(0), dim=-1)  # [..., h]
+    return torch.cat(out.chunk(n, dim=0), dim=-1)  # [s, ..., h]
 
 
 def _split_first(x: torch.Tensor, group) -> torch.Tensor:
