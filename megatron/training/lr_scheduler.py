@@ -19,8 +19,9 @@ class OptimizerParamScheduler:
     """Sets `lr` of every optimizer param group from the progress of training.
 
     Args:
-        param_groups: the optimizer's param groups (dicts with an "lr" key; an optional
-            "lr_mult" scales the group's lr).
+        optimizer: the optimizer (anything with a `param_groups` list of dicts with an "lr" key;
+            an optional "lr_mult" scales a group's lr). The groups are looked up at every step,
+            because loading an optimizer state may replace the group dicts.
         max_lr / min_lr: peak and final learning rates (--lr / --min-lr).
         decay_style: constant | linear | cosine | inverse-square-root.
         warmup_steps / decay_steps: warmup and decay span in samples.
@@ -29,7 +30,7 @@ class OptimizerParamScheduler:
 
     def __init__(
         self,
-        param_groups,
+        optimizer,
         max_lr: float,
         min_lr: float,
         decay_style: str,
@@ -45,7 +46,7 @@ class OptimizerParamScheduler:
                 f"--lr-decay-style {decay_style} needs a decay span: --lr-decay-iters, "
                 "--lr-decay-samples, --lr-decay-tokens or a training budget"
             )
-        self.param_groups = param_groups
+        self.optimizer = optimizer
         self.max_lr, self.min_lr, self.decay_style = max_lr, min_lr, decay_style
         self.warmup_steps, self.decay_steps = int(warmup_steps or 0), decay_steps
         self.warmup_tokens, self.decay_tokens = warmup_tokens, decay_tokens
@@ -97,7 +98,7 @@ class OptimizerParamScheduler:
         self.num_steps += increment
         self.num_tokens += token_num
         lr = self.get_lr()
-        for group in self.param_groups:
+        for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         return lr
 

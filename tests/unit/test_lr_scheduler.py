@@ -1,5 +1,7 @@
 import math
 
+import types
+
 import pytest
 
 from megatron.training.lr_scheduler import OptimizerParamScheduler
@@ -7,7 +9,7 @@ from megatron.training.lr_scheduler import OptimizerParamScheduler
 
 def _sched(style, warmup=10, decay=110, max_lr=1.0, min_lr=0.1, **kw):
     groups = [{"lr": 0.0}, {"lr": 0.0, "lr_mult": 0.5}]
-    return OptimizerParamScheduler(groups, max_lr, min_lr, style, warmup, decay, **kw), groups
+    return OptimizerParamScheduler(types.SimpleNamespace(param_groups=groups), max_lr, min_lr, style, warmup, decay, **kw), groups
 
 
 @pytest.mark.parametrize("style", ["linear", "cosine", "constant", "inverse-square-root"])
@@ -43,7 +45,7 @@ def test_inverse_square_root():
 
 def test_token_based_warmup_and_decay():
     groups = [{"lr": 0.0}]
-    s = OptimizerParamScheduler(groups, 1.0, 0.0, "linear", 0, None, warmup_tokens=100, decay_tokens=1100)
+    s = OptimizerParamScheduler(types.SimpleNamespace(param_groups=groups), 1.0, 0.0, "linear", 0, None, warmup_tokens=100, decay_tokens=1100)
     s.step(1, 50)
     assert groups[0]["lr"] == pytest.approx(0.5)
     s.step(1, 50 + 500)
@@ -68,4 +70,4 @@ def test_errors():
     with pytest.raises(ValueError, match="min-lr"):
         _sched("linear", max_lr=0.1, min_lr=1.0)
     with pytest.raises(ValueError, match="decay span"):
-        OptimizerParamScheduler([{}], 1.0, 0.0, "cosine", 0, None)
+        OptimizerParamScheduler(types.SimpleNamespace(param_groups=[{}]), 1.0, 0.0, "cosine", 0, None)

@@ -1,0 +1,262 @@
+"""The Megatron-compatible command line, generated from the config dataclasses.
+
+`parse_args` returns a `RunConfig`: one typed config object per concern, all validated, plus the
+cross-checks that involve several of them or the world size (which fail before any heavy work,
+naming the flag and the fix).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import torch
+
+from megatron.core.optimizer.config import OptimizerConfig
+from megatron.core.transformer.config import TransformerConfig
+from megatron.tokenizer.config import TokenizerConfig
+
+from .config import (
+    CheckpointConfig,
+    DataConfig,
+    LoggingConfig,
+    ModelConfig,
+    ParallelConfig,
+    SchedulerConfig,
+    TrainingConfig,
+)
+from .options import Flag, add_dataclass_options, build_dataclass
+
+logger = logging.getLogger(__name__)
+
+# TransformerConfig fields set by other flags (precision, layout) or with Megatron spellings.
+_TRANSFORMER_FLAGS = {
+    "add_bias_linear": Flag(skip=True),  # --disable-bias-linear
+    "params_dtype": Flag(skip=True),  # --fp16 / --bf16
+    "tensor_model_parallel_size": Flag(skip=True),  # parallel group
+    "pipeline_model_parallel_size": Flag(skip=True),
+    "virtual_pipeline_model_parallel_size": Flag(skip=True),
+    "sequence_parallel": Flag(skip=True),
+    "position_embedding_type": Flag(choices=("learned_absolute", "rope")),
+    "normalization": Flag(choices=("LayerNorm", "RMSNorm")),
+    "recompute_granularity": Flag(choices=("full", "selective")),
+    "recompute_method": Flag(choices=("uniform", "block")),
+}
+_OPTIMIZER_FLAGS = {"optimizer": Flag(choices=("adam", "sgd"))}
+_SCHEDULER_FLAGS = {
+    "override_opt_param_scheduler": Flag(name="--override-opt_param-scheduler"),
+    "use_checkpoint_opt_param_scheduler": Flag(name="--use-checkpoint-opt_param-scheduler"),
+}
+_TRAINING_FLAGS = {"dataloader_type": Flag(choices=("single", "cyclic"))}
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything a training run is configured with, one object per concern."""
+
+    transformer: TransformerConfig
+    model: ModelConfig
+    training: TrainingConfig
+    scheduler: SchedulerConfig
+    optimizer: OptimizerConfig
+    checkpoint: CheckpointConfig
+    parallel: ParallelConfig
+    data: DataConfig
+    tokenizer: Optional[TokenizerConfig]
+    logging: LoggingConfig
+    world_size: int = 1
+    extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Values of options added by the script's extra_args_provider."""
+
+    @property
+    def data_parallel_size(self) -> int:
+        p = self.parallel
+        return self.world_size // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size)
+
+    def to_plain_dict(self) -> Dict[str, Any]:
+        """Plain-data view (for checkpoints: loadable with weights_only=True)."""
+
+        def plain(v):
+            if isinstance(v, torch.dtype):
+                return str(v).replace("torch.", "")
+            if isinstance(v, (list, tuple)):
+                return [plain(x) for x in v]
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = plain(dataclasses.asdict(v)) if dataclasses.is_dataclass(v) else plain(v)
+        return out
+
+
+def build_parser(extra_args_provider: Optional[Callable] = None) -> argparse.ArgumentParser:
+    """The full parser (every option declared once, in its dataclass)."""
+    parser = argparse.ArgumentParser(
+        description="Megatron-style pretraining", allow_abbrev=False, fromfile_prefix_chars="@"
+    )
+    add_dataclass_options(parser, TransformerConfig, "model (transformer stack)", _TRANSFORMER_FLAGS)
+    add_dataclass_options(parser, ModelConfig, "model (other)")
+    add_dataclass_options(parser, TrainingConfig, "training", _TRAINING_FLAGS)
+    add_dataclass_options(parser, SchedulerConfig, "learning rate", _SCHEDULER_FLAGS)
+    add_dataclass_options(parser, OptimizerConfig, "optimizer and precision", _OPTIMIZER_FLAGS)
+    add_dataclass_options(parser, CheckpointConfig, "checkpointing")
+    add_dataclass_options(parser, ParallelConfig, "parallelism")
+    add_dataclass_options(parser, DataConfig, "data")
+    add_dataclass_options(parser, TokenizerConfig, "tokenizer")
+    add_dataclass_options(parser, LoggingConfig, "logging")
+    if extra_args_provider is not None:
+        parser = extra_args_provider(parser) or parser
+    return parser
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _transformer_config(ns: argparse.Namespace, model: ModelConfig, opt: OptimizerConfig, par: ParallelConfig):
+    dtype = torch.bfloat16 if opt.bf16 else torch.float16 if opt.fp16 else torch.float32
+    vpp = None
+    if par.num_layers_per_virtual_pipeline_stage is not None:
+        per_stage = ns.num_layers // par.pipeline_model_parallel_size
+        if per_stage % par.num_layers_per_virtual_pipeline_stage:
+            raise ValueError(
+                f"--num-layers-per-virtual-pipeline-stage {par.num_layers_per_virtual_pipeline_stage} "
+                f"must divide the {per_stage} layers of each pipeline stage"
+            )
+        vpp = per_stage // par.num_layers_per_virtual_pipeline_stage
+    rec = dict(
+        recompute_granularity=ns.recompute_granularity,
+        recompute_method=ns.recompute_method,
+        recompute_num_layers=ns.recompute_num_layers,
+    )
+    if model.checkpoint_activations and ns.recompute_granularity is None:
+        rec = dict(recompute_granularity="full", recompute_method="uniform", recompute_num_layers=1)
+    pos = "rope" if model.use_rotary_position_embeddings else ns.position_embedding_type
+    return build_dataclass(
+        TransformerConfig,
+        ns,
+        add_bias_linear=not model.disable_bias_linear,
+        params_dtype=dtype,
+        position_embedding_type=pos,
+        tensor_model_parallel_size=par.tensor_model_parallel_size,
+        pipeline_model_parallel_size=par.pipeline_model_parallel_size,
+        virtual_pipeline_model_parallel_size=vpp,
+        sequence_parallel=par.sequence_parallel,
+        **rec,
+    )
+
+
+def parse_args(
+    argv: Optional[Sequence[str]] = None,
+    extra_args_provider: Optional[Callable] = None,
+    defaults: Optional[Dict[str, Any]] = None,
+    world_size: Optional[int] = None,
+) -> RunConfig:
+    """Parse and validate the command line (argv defaults to sys.argv[1:])."""
+    parser = build_parser(extra_args_provider)
+    if defaults:
+        parser.set_defaults(**defaults)
+    ns, unknown = parser.parse_known_args(argv)
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    try:
+        run = config_from_namespace(ns, parser, world_size if world_size is not None else _world_size())
+    except ValueError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    return run
+
+
+def config_from_namespace(ns: argparse.Namespace, parser, world_size: int) -> RunConfig:
+    """Build and cross-validate the per-concern configs (raises ValueError with the fix)."""
+    model = build_dataclass(ModelConfig, ns)
+    opt = build_dataclass(OptimizerConfig, ns)
+    par = build_dataclass(ParallelConfig, ns)
+    tokenizer = build_dataclass(TokenizerConfig, ns) if ns.tokenizer_type else None
+    known = {a.dest for a in parser._actions}
+    core_fields = set()
+    for cls in (TransformerConfig, ModelConfig, TrainingConfig, SchedulerConfig, OptimizerConfig,
+                CheckpointConfig, ParallelConfig, DataConfig, TokenizerConfig, LoggingConfig):
+        core_fields |= {f.name for f in dataclasses.fields(cls)}
+    run = RunConfig(
+        transformer=_transformer_config(ns, model, opt, par),
+        model=model,
+        training=build_dataclass(TrainingConfig, ns),
+        scheduler=build_dataclass(SchedulerConfig, ns),
+        optimizer=opt,
+        checkpoint=build_dataclass(CheckpointConfig, ns),
+        parallel=par,
+        data=build_dataclass(DataConfig, ns),
+        tokenizer=tokenizer,
+        logging=build_dataclass(LoggingConfig, ns),
+        world_size=world_size,
+        extra={k: getattr(ns, k) for k in known - core_fields - {"help"} if hasattr(ns, k)},
+    )
+    validate_run_config(run)
+    return run
+
+
+def validate_run_config(run: RunConfig) -> None:
+    """Checks that involve several configs or the world size."""
+    from megatron.core.parallel_state import RankLayout
+
+    par, tr, model = run.parallel, run.training, run.model
+    RankLayout(run.world_size, par.tensor_model_parallel_size, par.pipeline_model_parallel_size)
+    dp = run.data_parallel_size
+    if tr.global_batch_size is None:
+        tr.global_batch_size = tr.micro_batch_size * dp
+    unit = tr.micro_batch_size * dp
+    if tr.global_batch_size % unit:
+        raise ValueError(
+            f"--global-batch-size {tr.global_batch_size} is not divisible by --micro-batch-size "
+            f"{tr.micro_batch_size} x data-parallel size {dp} = {unit}; use a multiple of {unit}"
+        )
+    if not tr.skip_train and tr.train_iters is None and tr.train_samples is None and tr.train_tokens is None:
+        raise ValueError("no training budget given: set --train-iters, --train-samples or --train-tokens")
+    if model.seq_length is None:
+        raise ValueError("--seq-length is required")
+    if model.max_position_embeddings is None:
+        model.max_position_embeddings = model.seq_length
+    if run.transformer.position_embedding_type == "learned_absolute" and model.max_position_embeddings < model.seq_length:
+        raise ValueError(
+            f"--max-position-embeddings {model.max_position_embeddings} is smaller than --seq-length "
+            f"{model.seq_length}; raise it or shorten the sequence"
+        )
+    if run.optimizer.fp16 and run.optimizer.bf16:
+        raise ValueError("--fp16 and --bf16 exclude each other; pick one")
+    d = run.data
+    if not d.mock_data and not d.data_path and not d.train_data_path:
+        raise ValueError("no training data: give --data-path (or --train-data-path), or --mock-data")
+    if d.data_path and (d.train_data_path or d.valid_data_path or d.test_data_path):
+        raise ValueError("give either --data-path (split by --split) or --train/valid/test-data-path, not both")
+    if run.tokenizer is None and not d.mock_data:
+        raise ValueError("--tokenizer-type is required (e.g. GPT2BPETokenizer with --vocab-file and --merge-file)")
+    if d.mock_data and run.tokenizer is None:
+        raise ValueError("--mock-data needs a tokenizer for its vocabulary size: e.g. --tokenizer-type NullTokenizer --vocab-size 1024")
+    vpp = run.transformer.virtual_pipeline_model_parallel_size
+    if vpp and vpp > 1:
+        _check_interleaved_micro_batches(tr, dp, par.pipeline_model_parallel_size)
+    ck = run.checkpoint
+    if ck.save_interval is not None and ck.save is None:
+        raise ValueError("--save-interval needs --save <folder>")
+
+
+def _check_interleaved_micro_batches(tr: TrainingConfig, dp: int, pp: int) -> None:
+    """The interleaved schedule needs a multiple of the pipeline size micro-batches every step."""
+    sizes = [tr.global_batch_size]
+    if tr.rampup_batch_size is not None:
+        start, incr, _ = (int(x) for x in tr.rampup_batch_size)
+        sizes += list(range(start, tr.global_batch_size, incr))
+    for gbs in sizes:
+        m = gbs // (tr.micro_batch_size * dp)
+        if m % pp:
+            raise ValueError(
+                f"--num-layers-per-virtual-pipeline-stage (interleaved schedule) needs the number of "
+                f"micro-batches per step to be a multiple of --pipeline-model-parallel-size {pp}, but a "
+                f"global batch of {gbs} gives {m}; change --global-batch-size or --micro-batch-size"
+            )

@@ -1,0 +1,63 @@
+"""From the run's data options to the library's dataset configs and datasets."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch.distributed as dist
+
+from megatron.core.datasets.builder import build_train_valid_test_datasets, parse_data_path
+
+from .arguments import RunConfig
+
+logger = logging.getLogger(__name__)
+
+
+def core_dataset_kwargs(run: RunConfig) -> Dict[str, Any]:
+    """Fields of `megatron.core.datasets.config.DatasetConfig` taken from the command line."""
+    d = run.data
+    blend, per_split = None, None
+    if d.data_path:
+        blend = parse_data_path(d.data_path)
+    else:
+        per_split = [parse_data_path(p) if p else None for p in (d.train_data_path, d.valid_data_path, d.test_data_path)]
+    return dict(
+        random_seed=run.training.seed,
+        sequence_length=run.model.seq_length,
+        blend=blend,
+        blend_per_split=per_split,
+        split=d.split,
+        path_to_cache=d.data_cache_path,
+        return_data_index=d.return_data_index,
+        train_data_exact_num_epochs=d.train_data_exact_num_epochs,
+    )
+
+
+def build_datasets(dataset_cls, config, num_samples: Sequence[int]):
+    """(train, valid, test): global rank 0 builds and caches the indices, the others load them."""
+    if dist.is_initialized():
+        return build_train_valid_test_datasets(
+            dataset_cls, num_samples, config, is_built_on_rank=lambda: dist.get_rank() == 0, synchronize=dist.barrier
+        )
+    return build_train_valid_test_datasets(dataset_cls, num_samples, config)
+
+
+class MockGPTDataset:
+    """Random tokens for --mock-data (sample i is the same on every rank and every run)."""
+
+    def __init__(self, num_samples: int, seq_length: int, vocab_size: int, seed: int):
+        self.num_samples, self.seq_length, self.vocab_size, self.seed = num_samples, seq_length, vocab_size, seed
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, idx: int) -> Dict[str, np.ndarray]:
+        rs = np.random.RandomState((self.seed * 1_000_003 + idx) % (2**32))
+        text = rs.randint(0, self.vocab_size, size=self.seq_length + 1).astype(np.int64)
+        return {
+            "text": text,
+            "position_ids": np.arange(self.seq_length, dtype=np.int64),
+            "loss_mask": np.ones(self.seq_length, dtype=np.float32),
+        }

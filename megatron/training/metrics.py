@@ -1,0 +1,133 @@
+"""Iteration log lines, timers and metric sinks (TensorBoard / W&B / none), rank 0 only."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Dict, List, Optional
+
+from megatron.core.transformer.config import TransformerConfig
+
+logger = logging.getLogger(__name__)
+
+
+def flops_per_token(cfg: TransformerConfig, seq_length: int, vocab_size: int, causal: bool = True) -> float:
+    """Model FLOPs per token of one forward + backward pass (3x the forward).
+
+    Forward, per layer and token, counting a multiply-add as 2 FLOPs:
+        QKV projection      2 * h * 3a            (a = heads * kv_channels)
+        attention scores    2 * s * a             (q . k over s keys; halved when causal)
+        attention context   2 * s * a             (probabilities . v; halved when causal)
+        output projection   2 * a * h
+        MLP                 2 * h * f * (2 if SwiGLU else 1) + 2 * f * h
+    plus the logits 2 * h * V once per token. Activation recomputation is not counted (these are
+    model FLOPs, the quantity MFU is defined on).
+    """
+    h, a, f = cfg.hidden_size, cfg.num_attention_heads * cfg.kv_channels, cfg.ffn_hidden_size
+    attn_span = seq_length / 2 if causal else seq_length
+    per_layer = 2 * h * 3 * a + 4 * attn_span * a + 2 * a * h + 2 * h * f * (2 if cfg.swiglu else 1) + 2 * f * h
+    return 3.0 * (cfg.num_layers * per_layer + 2 * h * vocab_size)
+
+
+class Timer:
+    """Wall-clock timer that accumulates between start/stop calls."""
+
+    def __init__(self):
+        self.elapsed_s, self._start = 0.0, None
+
+    def start(self):
+        self._start = time.perf_counter()
+
+    def stop(self):
+        if self._start is not None:
+            self.elapsed_s += time.perf_counter() - self._start
+            self._start = None
+
+    def reset(self) -> float:
+        e, self.elapsed_s = self.elapsed_s, 0.0
+        return e
+
+
+class MetricSink:
+    """Where scalars go; the base class drops them."""
+
+    def scalar(self, name: str, value: float, step: int) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
+class TensorBoardSink(MetricSink):
+    def __init__(self, log_dir: str):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            raise ImportError(
+                "--tensorboard-dir needs the tensorboard package: pip install tensorboard"
+            ) from exc
+        self.writer = SummaryWriter(log_dir=log_dir)
+
+    def scalar(self, name, value, step):
+        self.writer.add_scalar(name, value, step)
+
+    def flush(self):
+        self.writer.flush()
+
+
+class WandbSink(MetricSink):
+    def __init__(self, project: str, name: Optional[str], save_dir: Optional[str], config: Dict):
+        try:
+            import wandb
+        except ImportError as exc:
+            raise ImportError("--wandb-project needs the wandb package: pip install wandb") from exc
+        self.wandb = wandb
+        wandb.init(project=project, name=name, dir=save_dir, config=config)
+
+    def scalar(self, name, value, step):
+        self.wandb.log({name: value}, step=step)
+
+
+class MultiSink(MetricSink):
+    def __init__(self, sinks: List[MetricSink]):
+        self.sinks = sinks
+
+    def scalar(self, name, value, step):
+        for s in self.sinks:
+            s.scalar(name, value, step)
+
+    def flush(self):
+        for s in self.sinks:
+            s.flush()
+
+
+def build_sinks(logging_cfg, rank: int, config_dict: Dict) -> MetricSink:
+    """TensorBoard / W&B sinks on global rank 0 (a null sink elsewhere)."""
+    if rank != 0:
+        return MetricSink()
+    sinks: List[MetricSink] = []
+    if logging_cfg.tensorboard_dir:
+        sinks.append(TensorBoardSink(logging_cfg.tensorboard_dir))
+    if logging_cfg.wandb_project:
+        sinks.append(WandbSink(logging_cfg.wandb_project, logging_cfg.wandb_exp_name, logging_cfg.wandb_save_dir, config_dict))
+    return MultiSink(sinks)
+
+
+def format_iteration_line(fields: Dict[str, object], iteration: int, train_iters: Optional[int]) -> str:
+    """Megatron's `iteration N/ M | key: value | ...` line."""
+    total = f"{train_iters:8d}" if train_iters else "       ?"
+    parts = [f" iteration {iteration:8d}/{total}"]
+    for key, value in fields.items():
+        if isinstance(value, float):
+            if key in ("learning rate",) or key.endswith("loss"):
+                parts.append(f"{key}: {value:.6E}")
+            elif key.startswith("TFLOP"):
+                parts.append(f"{key}: {value:.4g}")
+            elif math.isfinite(value) and abs(value) >= 1e4:
+                parts.append(f"{key}: {value:.1f}")
+            else:
+                parts.append(f"{key}: {value:.3f}")
+        else:
+            parts.append(f"{key}: {value}")
+    return " | ".join(parts) + " |"

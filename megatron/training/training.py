@@ -1,0 +1,452 @@
+"""The training application: `pretrain` builds everything from the command line and trains.
+
+A pretraining script provides three callbacks (see pretrain_gpt.py):
+
+    model_provider(run, runtime, pre_process, post_process, vp_rank) -> torch.nn.Module
+    datasets_provider(run, runtime, num_samples [train, valid, test]) -> (train, valid, test)
+    forward_step(data_iterator, model) -> (output, loss_func)   (see core.pipeline_parallel)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import signal
+import time
+from typing import Callable, Dict, Iterator, List, Optional
+
+import torch
+import torch.distributed as dist
+
+from megatron.core.distributed import DDPConfig, DistributedDataParallel, finalize_model_grads
+from megatron.core.optimizer import get_megatron_optimizer
+from megatron.core.pipeline_parallel import broadcast_from_last_stage, get_forward_backward_func
+
+from . import checkpointing as ckpt
+from .arguments import RunConfig, parse_args
+from .data_samplers import CyclicSampler, PretrainingSampler
+from .initialize import Runtime, initialize
+from .lr_scheduler import OptimizerParamScheduler
+from .metrics import Timer, build_sinks, flops_per_token, format_iteration_line
+from .microbatches import MicroBatchCalculator
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Counters saved in checkpoints."""
+
+    iteration: int = 0
+    consumed_train_samples: int = 0
+    consumed_valid_samples: int = 0
+    consumed_train_tokens: int = 0
+    skipped_iterations: int = 0
+    nan_iterations: int = 0
+    floating_point_operations_so_far: float = 0.0
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside wrappers (DDP)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+# ---- budget --------------------------------------------------------------------------------
+def train_num_samples(run: RunConfig, calc: MicroBatchCalculator) -> int:
+    """Training samples the datasets must provide."""
+    tr = run.training
+    if tr.train_samples is not None:
+        return tr.train_samples
+    if tr.train_iters is not None:
+        if tr.rampup_batch_size is None:
+            return tr.train_iters * tr.global_batch_size
+        consumed = 0
+        for _ in range(tr.train_iters):
+            consumed += calc.global_batch_at(consumed)
+        return consumed
+    if tr.train_tokens is not None:
+        return math.ceil(tr.train_tokens / run.model.seq_length)
+    return 0
+
+
+def build_scheduler(run: RunConfig, optimizer, train_samples: int) -> OptimizerParamScheduler:
+    """Learning-rate schedule in samples (or tokens) from the lr flags and the budget."""
+    s, gbs = run.scheduler, run.training.global_batch_size
+    if s.lr_decay_samples is not None:
+        decay = s.lr_decay_samples
+    elif s.lr_decay_iters is not None:
+        decay = s.lr_decay_iters * gbs
+    else:
+        decay = train_samples or None
+    decay_tokens = s.lr_decay_tokens
+    if decay_tokens is None and decay is None and run.training.train_tokens:
+        decay_tokens = run.training.train_tokens
+    if s.lr_warmup_fraction is not None:
+        warmup = int(s.lr_warmup_fraction * (decay or 0))
+    else:
+        warmup = s.lr_warmup_samples or s.lr_warmup_iters * gbs
+    if run.optimizer.lr is None:
+        raise ValueError("--lr is required")
+    return OptimizerParamScheduler(
+        optimizer,
+        max_lr=run.optimizer.lr,
+        min_lr=run.optimizer.min_lr,
+        decay_style=s.lr_decay_style,
+        warmup_steps=warmup,
+        decay_steps=decay,
+        warmup_tokens=s.lr_warmup_tokens,
+        decay_tokens=decay_tokens,
+    )
+
+
+# ---- model ---------------------------------------------------------------------------------
+def build_model(model_provider: Callable, run: RunConfig, rt: Runtime) -> List[torch.nn.Module]:
+    """Model chunks of this rank, initialised, on the device, wrapped for data parallelism."""
+    pstate = rt.pstate
+    vpp = run.transformer.virtual_pipeline_model_parallel_size
+    chunks = []
+    for vp in range(vpp or 1):
+        pstate.virtual_pipeline_rank = vp if vpp else None
+        pre = pstate.is_pipeline_first_stage()
+        post = pstate.is_pipeline_last_stage()
+        model = model_provider(run, rt, pre, post, vp if vpp else None)
+        gen_device = "cpu" if run.parallel.use_cpu_initialization or rt.device.type == "cpu" else rt.device.type
+        model.to(rt.device)
+        unwrap(model).initialize(run.training.seed, gen_device)
+        chunks.append(model)
+    pstate.virtual_pipeline_rank = 0 if vpp else None
+    n = sum(p.numel() for c in chunks for p in c.parameters())
+    logger.info("number of parameters on (TP %d, PP %d): %d", pstate.tp_rank, pstate.pp_rank, n)
+    ddp_cfg = DDPConfig(
+        grad_reduce_in_fp32=run.parallel.accumulate_allreduce_grads_in_fp32 or run.optimizer.bf16,
+        overlap_grad_reduce=run.parallel.overlap_grad_reduce,
+        use_distributed_optimizer=run.optimizer.use_distributed_optimizer,
+    )
+    return [DistributedDataParallel(c, ddp_cfg, pstate.dp_group) for c in chunks]
+
+
+# ---- data ----------------------------------------------------------------------------------
+def build_data_loader(dataset, consumed: int, run: RunConfig, rt: Runtime, cyclic: bool):
+    """Loader of this rank's micro-batches starting after `consumed` samples (None w/o data)."""
+    if dataset is None or len(dataset) == 0:
+        return None
+    tr, ps = run.training, rt.pstate
+    args = (len(dataset), consumed, tr.micro_batch_size, ps.dp_rank, ps.dp_size)
+    sampler = CyclicSampler(*args, seed=tr.seed) if cyclic else PretrainingSampler(*args)
+    # The loader gets its own generator: creating an iterator must not draw from the global RNG,
+    # or a resumed run (which creates its iterator after restoring the RNG) would diverge.
+    generator = torch.Generator()
+    generator.manual_seed(tr.seed)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=tr.num_workers,
+        pin_memory=rt.device.type == "cuda",
+        persistent_workers=False,
+        generator=generator,
+    )
+
+
+# ---- one step ------------------------------------------------------------------------------
+def _average_reports(reports: List[Dict[str, torch.Tensor]], pstate) -> Dict[str, float]:
+    """Reported values averaged over micro-batches and DP ranks, on every pipeline stage."""
+    values: Dict[str, float] = {}
+    if reports:  # the last pipeline stage
+        keys = sorted(reports[0])
+        vals = torch.stack([torch.stack([r[k].detach().float().reshape(()).cpu() for k in keys]) for r in reports]).mean(0)
+        if pstate.dp_group is not None:
+            dist.all_reduce(vals, group=pstate.dp_group)
+            vals /= pstate.dp_size
+        values = dict(zip(keys, vals.tolist()))
+    return broadcast_from_last_stage(values, pstate)
+
+
+def _no_sync_func(model):
+    return model[0].no_sync if len(model) == 1 else [m.no_sync for m in model]
+
+
+def train_step(forward_step, data_iterator, model, optimizer, scheduler, run, rt, num_micro, increment, tokens):
+    """Forward/backward over the micro-batches, gradient sync, optimizer step."""
+    for m in model:
+        m.zero_grad_buffer()
+    optimizer.zero_grad()
+    schedule = get_forward_backward_func(run.parallel.pipeline_model_parallel_size, run.transformer.virtual_pipeline_model_parallel_size)
+    reports = schedule(
+        forward_step_func=forward_step,
+        data_iterator=data_iterator,
+        model=model if len(model) > 1 else model[0],
+        num_microbatches=num_micro,
+        seq_length=run.model.seq_length,
+        micro_batch_size=run.training.micro_batch_size,
+        forward_only=False,
+        grad_scale_func=optimizer.scale_loss,
+        no_sync_func=_no_sync_func(model),
+        pstate=rt.pstate,
+        config=run.transformer,
+    )
+    finalize_model_grads(model, rt.pstate)
+    ok, grad_norm, _ = optimizer.step()
+    if ok:
+        scheduler.step(increment, tokens)
+    return _average_reports(reports, rt.pstate), ok, grad_norm
+
+
+@torch.no_grad()
+def evaluate(forward_step, data_loader, model, run, rt, num_micro) -> Dict[str, float]:
+    """Average reported values over --eval-iters global batches of `data_loader`."""
+    for m in model:
+        m.eval()
+    schedule = get_forward_backward_func(run.parallel.pipeline_model_parallel_size, run.transformer.virtual_pipeline_model_parallel_size)
+    it = iter(data_loader)
+    totals: Dict[str, float] = {}
+    for _ in range(run.training.eval_iters):
+        reports = schedule(
+            forward_step_func=forward_step, data_iterator=it, model=model if len(model) > 1 else model[0],
+            num_microbatches=num_micro, seq_length=run.model.seq_length,
+            micro_batch_size=run.training.micro_batch_size, forward_only=True,
+            pstate=rt.pstate, config=run.transformer,
+        )
+        for k, v in _average_reports(reports, rt.pstate).items():
+            totals[k] = totals.get(k, 0.0) + v / run.training.eval_iters
+    for m in model:
+        m.train()
+    return totals
+
+
+# ---- the loop ------------------------------------------------------------------------------
+class _ExitSignal:
+    """Records SIGTERM so the loop can save a checkpoint and exit cleanly."""
+
+    def __init__(self):
+        self.received = False
+        self._prev = signal.signal(signal.SIGTERM, self._handler)
+
+    def _handler(self, signum, frame):
+        self.received = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self._prev)
+
+
+def _any_rank(flag: bool) -> bool:
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def _budget_done(run: RunConfig, st: TrainState) -> bool:
+    tr = run.training
+    if tr.train_iters is not None and st.iteration >= tr.train_iters:
+        return True
+    if tr.train_samples is not None and st.consumed_train_samples >= tr.train_samples:
+        return True
+    if tr.train_tokens is not None and st.consumed_train_tokens >= tr.train_tokens:
+        return True
+    return False
+
+
+def save(run, rt, st, model, optimizer, scheduler, de_state=None):
+    """Save a checkpoint of the current state to --save."""
+    ck = run.checkpoint
+    rt.last_saved_iteration = st.iteration
+    ckpt.save_checkpoint(
+        ck.save, st.iteration, [unwrap(m) for m in model], optimizer, scheduler, rt.pstate, rt.rng_tracker,
+        run.to_plain_dict(), dataclasses.asdict(st), de_state, save_optim=not ck.no_save_optim,
+        save_rng=not ck.no_save_rng,
+    )
+
+
+def _log_iteration(run, st, report, lr, gbs, elapsed, optimizer, grad_norm, interval_iters, tokens_interval, flops_tok, sink):
+    fields = {
+        "consumed samples": st.consumed_train_samples,
+        "consumed tokens": st.consumed_train_tokens,
+        "elapsed time per iteration (ms)": elapsed * 1000.0 / interval_iters,
+        "throughput (tokens/s)": tokens_interval / elapsed if elapsed > 0 else 0.0,
+        "TFLOP/s per rank": flops_tok * tokens_interval / elapsed / 1e12 / max(run.world_size, 1) if elapsed > 0 else 0.0,
+        "learning rate": lr,
+        "global batch size": gbs,
+    }
+    for k, v in report.items():
+        fields[k] = v
+        sink.scalar(k, v, st.iteration)
+    fields["loss scale"] = float(optimizer.get_loss_scale())
+    if grad_norm is not None:
+        fields["grad norm"] = float(grad_norm)
+        sink.scalar("grad-norm", float(grad_norm), st.iteration)
+    fields["number of skipped iterations"] = st.skipped_iterations
+    fields["number of nan iterations"] = st.nan_iterations
+    sink.scalar("learning-rate", lr, st.iteration)
+    logger.info(format_iteration_line(fields, st.iteration, run.training.train_iters))
+
+
+def _run_evaluation(run, rt, st, forward_step, loader, model, calc, sink, label="validation"):
+    if loader is None or run.training.eval_iters == 0:
+        return None
+    results = evaluate(forward_step, loader, model, run, rt, calc.num_micro_batches_at(0))
+    parts = []
+    for k, v in results.items():
+        parts.append(f"{k} value: {v:.6E}")
+        sink.scalar(f"{k} {label}", v, st.iteration)
+        if "loss" in k:
+            ppl = math.exp(min(20.0, v))
+            parts.append(f"{k} PPL: {ppl:.6E}")
+            if run.logging.log_validation_ppl_to_tensorboard:
+                sink.scalar(f"{k} {label} ppl", ppl, st.iteration)
+    line = f" {label} loss at iteration {st.iteration} | " + " | ".join(parts)
+    logger.info("-" * len(line) + "\n" + line + "\n" + "-" * len(line))
+    return results
+
+
+def train(run, rt, st, forward_step, model, optimizer, scheduler, calc, train_loader, valid_loader, sink, flops_tok, history=None):
+    """The training loop; returns the exit reason (None when the budget was spent).
+
+    When `history` is a list, one dict per iteration is appended to it (iteration, reported
+    values averaged over DP, lr, grad norm, update success) for tests and tools.
+    """
+    tr, ck = run.training, run.checkpoint
+    exit_signal = _ExitSignal()
+    start_time = time.time()
+    for m in model:
+        m.train()
+    data_iter = iter(train_loader)
+    timer, interval_iters, tokens_interval = Timer(), 0, 0
+    report_acc: Dict[str, float] = {}
+    try:
+        while not _budget_done(run, st):
+            gbs = calc.global_batch_at(st.consumed_train_samples)
+            num_micro = gbs // calc.unit
+            tokens = gbs * run.model.seq_length
+            timer.start()
+            report, ok, grad_norm = train_step(
+                forward_step, data_iter, model, optimizer, scheduler, run, rt, num_micro, gbs, tokens
+            )
+            timer.stop()
+            st.iteration += 1
+            st.consumed_train_samples += gbs
+            st.consumed_train_tokens += tokens
+            st.floating_point_operations_so_far += flops_tok * tokens
+            if not ok:
+                st.skipped_iterations += 1
+            if any(not math.isfinite(v) for v in report.values()):
+                st.nan_iterations += 1
+            interval_iters += 1
+            tokens_interval += tokens
+            if history is not None:
+                history.append({"iteration": st.iteration, **report, "lr": scheduler.get_lr(),
+                                "grad_norm": grad_norm, "update_successful": ok,
+                                "consumed_train_tokens": st.consumed_train_tokens})
+            for k, v in report.items():
+                report_acc[k] = report_acc.get(k, 0.0) + v
+            if st.iteration % tr.log_interval == 0:
+                avg = {k: v / interval_iters for k, v in report_acc.items()}
+                _log_iteration(run, st, avg, scheduler.get_lr(), gbs, timer.reset(), optimizer, grad_norm,
+                               interval_iters, tokens_interval, flops_tok, sink)
+                interval_iters, tokens_interval, report_acc = 0, 0, {}
+            if valid_loader is not None and st.iteration % tr.eval_interval == 0:
+                _run_evaluation(run, rt, st, forward_step, valid_loader, model, calc, sink)
+            saved = False
+            if ck.save and ck.save_interval and st.iteration % ck.save_interval == 0:
+                save(run, rt, st, model, optimizer, scheduler)
+                saved = True
+            reason = None
+            if _any_rank(exit_signal.received):
+                reason = "SIGTERM received"
+            elif tr.exit_duration_in_mins and _any_rank((time.time() - start_time) / 60.0 > tr.exit_duration_in_mins):
+                reason = f"--exit-duration-in-mins {tr.exit_duration_in_mins} reached"
+            elif tr.exit_interval and st.iteration % tr.exit_interval == 0:
+                reason = f"--exit-interval {tr.exit_interval} reached"
+            if reason:
+                if ck.save and not saved:
+                    save(run, rt, st, model, optimizer, scheduler)
+                logger.info("exiting at iteration %d: %s", st.iteration, reason)
+                return reason
+        sink.flush()
+        return None
+    finally:
+        exit_signal.restore()
+
+
+def _load(run, rt, st, model, optimizer, scheduler):
+    ck = run.checkpoint
+    path = ckpt.find_checkpoint(ck.load, rt.pstate, ck.ckpt_step)
+    if path is None:
+        logger.warning("no checkpoint found in --load %s: starting from scratch", ck.load)
+        return
+    sd = ckpt.load_checkpoint_file(path)
+    ckpt.restore_model(sd, [unwrap(m) for m in model])
+    if ck.finetune:
+        logger.info("loaded model weights from %s (finetune: iteration 0)", path)
+        return
+    ts = sd.get("train_state") or {}
+    for f in dataclasses.fields(TrainState):
+        if f.name in ts:
+            setattr(st, f.name, ts[f.name])
+    st.iteration = sd["iteration"]
+    if not ck.no_load_optim and sd.get("optimizer") is not None:
+        optimizer.load_state_dict(sd["optimizer"])
+    if sd.get("opt_param_scheduler") is not None and not ck.no_load_optim:
+        scheduler.load_state_dict(
+            sd["opt_param_scheduler"],
+            use_checkpoint=run.scheduler.use_checkpoint_opt_param_scheduler,
+            override=run.scheduler.override_opt_param_scheduler,
+        )
+    if not ck.no_load_rng:
+        ckpt.restore_rng(sd, rt.pstate, rt.rng_tracker)
+    logger.info("loaded checkpoint %s at iteration %d", path, st.iteration)
+
+
+def pretrain(
+    datasets_provider: Callable,
+    model_provider: Callable,
+    forward_step: Callable,
+    extra_args_provider: Optional[Callable] = None,
+    args_defaults: Optional[Dict] = None,
+    argv: Optional[List[str]] = None,
+    causal: bool = True,
+    history: Optional[List[Dict]] = None,
+) -> TrainState:
+    """Parse the command line, build model/optimizer/data, load, train, evaluate, save.
+
+    Returns the final counters; pass a list as `history` to collect one dict per iteration.
+    """
+    run = parse_args(argv, extra_args_provider, args_defaults)
+    rt = initialize(run)
+    model = build_model(model_provider, run, rt)
+    optimizer = get_megatron_optimizer(run.optimizer, model, rt.pstate)
+    calc = MicroBatchCalculator(
+        run.training.global_batch_size, run.training.micro_batch_size, rt.pstate.dp_size, run.training.rampup_batch_size
+    )
+    n_train = train_num_samples(run, calc)
+    scheduler = build_scheduler(run, optimizer, n_train)
+    st = TrainState()
+    if run.checkpoint.load:
+        _load(run, rt, st, model, optimizer, scheduler)
+    gbs = run.training.global_batch_size
+    num_samples = [n_train, run.training.eval_iters * gbs, run.training.eval_iters * gbs]
+    train_ds, valid_ds, test_ds = datasets_provider(run, rt, num_samples)
+    cyclic = run.training.dataloader_type == "cyclic"
+    train_loader = build_data_loader(train_ds, st.consumed_train_samples, run, rt, cyclic)
+    valid_loader = build_data_loader(valid_ds, 0, run, rt, False)
+    test_loader = build_data_loader(test_ds, 0, run, rt, False)
+    sink = build_sinks(run.logging, rt.pstate.rank, run.to_plain_dict())
+    vocab = unwrap(model[0]).vocab_size
+    flops_tok = flops_per_token(run.transformer, run.model.seq_length, vocab, causal)
+    reason = None
+    if not run.training.skip_train:
+        if train_loader is None:
+            raise ValueError("no training samples: check --data-path and --split")
+        reason = train(run, rt, st, forward_step, model, optimizer, scheduler, calc, train_loader, valid_loader,
+                       sink, flops_tok, history)
+        if run.checkpoint.save and reason is None and rt.last_saved_iteration != st.iteration:
+            save(run, rt, st, model, optimizer, scheduler)
+    if reason is None:
+        _run_evaluation(run, rt, st, forward_step, valid_loader, model, calc, sink, "validation (end of training)")
+        _run_evaluation(run, rt, st, forward_step, test_loader, model, calc, sink, "test")
+    sink.flush()
+    return st

@@ -1,0 +1,85 @@
+"""pretrain_gpt end to end in one process: loss falls, exact resume, checkpoint format, errors."""
+
+import os
+
+import pytest
+import torch
+
+import pretrain_gpt
+from megatron.training import checkpointing as ckpt
+from megatron.training.training import pretrain
+
+TINY = [
+    "--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
+    "--micro-batch-size", "2", "--global-batch-size", "4", "--lr", "3e-3", "--lr-decay-style", "cosine",
+    "--lr-warmup-iters", "2", "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "60",
+    "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1", "--num-workers", "0",
+    "--hidden-dropout", "0.1", "--attention-dropout", "0.1", "--seed", "7",
+]
+
+
+def run(argv, history=None):
+    return pretrain(
+        pretrain_gpt.datasets_provider, pretrain_gpt.model_provider, pretrain_gpt.forward_step,
+        argv=argv, history=history,
+    )
+
+
+def test_exact_resume_bit_for_bit(tmp_path):
+    straight = []
+    run(TINY + ["--train-iters", "6"], straight)
+    first = []
+    run(TINY + ["--train-iters", "6", "--exit-interval", "3", "--save", str(tmp_path)], first)
+    resumed = []
+    st = run(TINY + ["--train-iters", "6", "--load", str(tmp_path), "--save", str(tmp_path)], resumed)
+    assert [h["iteration"] for h in resumed] == [4, 5, 6]
+    assert [h["lm loss"] for h in first] == [h["lm loss"] for h in straight[:3]]
+    # Bit for bit: the same floats, not merely close ones.
+    assert [h["lm loss"] for h in resumed] == [h["lm loss"] for h in straight[3:]]
+    assert [h["lr"] for h in resumed] == [h["lr"] for h in straight[3:]]
+    assert st.iteration == 6 and st.consumed_train_samples == 24
+
+
+def test_checkpoint_layout_and_weights_only(tmp_path):
+    run(TINY + ["--train-iters", "2", "--lr-warmup-iters", "1", "--save", str(tmp_path), "--save-interval", "1"])
+    assert open(tmp_path / ckpt.TRACKER_FILENAME).read().strip() == "2"
+    path = tmp_path / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt"
+    sd = torch.load(path, weights_only=True)
+    assert sd["iteration"] == 1 and sd["consumed_train_samples"] == 4
+    assert "decoder.layers.1.mlp.linear_fc1.weight" in sd["model"]
+    assert sd["args"]["transformer"]["num_layers"] == 2
+    assert sd["opt_param_scheduler"]["num_steps"] == 4
+    assert not [f for f in os.listdir(path.parent) if "tmp" in f]
+
+
+def test_loss_falls_on_repeated_data(tmp_path):
+    history = []
+    run(TINY + ["--train-iters", "30", "--hidden-dropout", "0", "--attention-dropout", "0"], history)
+    first = sum(h["lm loss"] for h in history[:5]) / 5
+    last = sum(h["lm loss"] for h in history[-5:]) / 5
+    assert last < first - 0.1
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--global-batch-size", "6"], "not divisible by --micro-batch-size 4"),
+        (["--num-attention-heads", "5"], "not divisible by --num-attention-heads 5"),
+        (["--fp16", "--bf16"], "--fp16 and --bf16"),
+        (["--recompute-granularity", "full"], "--recompute-method"),
+    ],
+)
+def test_config_errors_name_the_flag(extra, message, capsys):
+    argv = [a for a in TINY if a not in ()] + ["--train-iters", "2"]
+    argv = argv + extra
+    if "--global-batch-size" in extra:
+        argv[argv.index("--micro-batch-size") + 1] = "4"
+    with pytest.raises(SystemExit):
+        run(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_missing_budget_is_an_error(capsys):
+    with pytest.raises(SystemExit):
+        run(TINY)
+    assert "--train-iters, --train-samples or --train-tokens" in capsys.readouterr().err
