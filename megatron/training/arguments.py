@@ -116,6 +116,10 @@ def build_parser(extra_args_provider: Optional[Callable] = None) -> argparse.Arg
 
 
 def _world_size() -> int:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 

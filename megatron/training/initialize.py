@@ -50,7 +50,7 @@ def setup_logging(rank: int) -> None:
 
 def init_distributed(run: RunConfig) -> ParallelState:
     """Initialise torch.distributed from torchrun's environment and build the process groups."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
     timeout = datetime.timedelta(minutes=run.parallel.distributed_timeout_minutes)
     if world_size == 1 and not dist.is_initialized():
         return ParallelState.single()
@@ -81,7 +81,7 @@ def set_random_seeds(seed: int, pstate: ParallelState, device: torch.device) -> 
 
 def initialize(run: RunConfig) -> Runtime:
     """Everything a process needs before building the model."""
-    rank = int(os.environ.get("RANK", "0"))
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
     setup_logging(rank)
     pstate = init_distributed(run)
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
