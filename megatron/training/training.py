@@ -73,33 +73,46 @@ def train_num_samples(run: RunConfig, calc: MicroBatchCalculator) -> int:
     return 0
 
 
-def build_scheduler(run: RunConfig, optimizer, train_samples: int) -> OptimizerParamScheduler:
-    """Learning-rate schedule in samples (or tokens) from the lr flags and the budget."""
+def schedule_spans(run: RunConfig, train_samples: int) -> Dict[str, Optional[int]]:
+    """Warmup and decay spans of the lr schedule in samples (and tokens), checked against each
+    other so a bad combination fails before any heavy work, naming the flags."""
     s, gbs = run.scheduler, run.training.global_batch_size
-    if s.lr_decay_samples is not None:
-        decay = s.lr_decay_samples
-    elif s.lr_decay_iters is not None:
-        decay = s.lr_decay_iters * gbs
-    else:
-        decay = train_samples or None
-    decay_tokens = s.lr_decay_tokens
-    if decay_tokens is None and decay is None and run.training.train_tokens:
-        decay_tokens = run.training.train_tokens
-    if s.lr_warmup_fraction is not None:
-        warmup = int(s.lr_warmup_fraction * (decay or 0))
-    else:
-        warmup = s.lr_warmup_samples or s.lr_warmup_iters * gbs
     if run.optimizer.lr is None:
         raise ValueError("--lr is required")
+    if s.lr_decay_samples is not None:
+        decay, decay_src = s.lr_decay_samples, "--lr-decay-samples"
+    elif s.lr_decay_iters is not None:
+        decay, decay_src = s.lr_decay_iters * gbs, "--lr-decay-iters"
+    else:
+        decay, decay_src = train_samples or None, "the training budget (--train-iters/--train-samples)"
+    decay_tokens = s.lr_decay_tokens
+    if decay_tokens is None and not decay and run.training.train_tokens:
+        decay_tokens = run.training.train_tokens
+    if s.lr_warmup_fraction is not None:
+        warmup, warmup_src = int(s.lr_warmup_fraction * (decay or 0)), "--lr-warmup-fraction"
+    else:
+        warmup = s.lr_warmup_samples or s.lr_warmup_iters * gbs
+        warmup_src = "--lr-warmup-samples" if s.lr_warmup_samples else "--lr-warmup-iters"
+    if s.lr_decay_style != "constant" and decay and not s.lr_warmup_tokens and warmup >= decay:
+        raise ValueError(
+            f"the lr warmup ({warmup_src}: {warmup} samples) must be shorter than the decay span "
+            f"({decay_src}: {decay} samples); shorten the warmup or lengthen the decay"
+        )
+    if s.lr_warmup_tokens and decay_tokens and s.lr_warmup_tokens >= decay_tokens:
+        raise ValueError(
+            f"--lr-warmup-tokens {s.lr_warmup_tokens} must be smaller than the token decay span {decay_tokens}"
+        )
+    return dict(warmup_steps=warmup, decay_steps=decay, warmup_tokens=s.lr_warmup_tokens, decay_tokens=decay_tokens)
+
+
+def build_scheduler(run: RunConfig, optimizer, train_samples: int) -> OptimizerParamScheduler:
+    """Learning-rate schedule in samples (or tokens) from the lr flags and the budget."""
     return OptimizerParamScheduler(
         optimizer,
         max_lr=run.optimizer.lr,
         min_lr=run.optimizer.min_lr,
-        decay_style=s.lr_decay_style,
-        warmup_steps=warmup,
-        decay_steps=decay,
-        warmup_tokens=s.lr_warmup_tokens,
-        decay_tokens=decay_tokens,
+        decay_style=run.scheduler.lr_decay_style,
+        **schedule_spans(run, train_samples),
     )
 
 
@@ -376,7 +389,7 @@ def _load(run, rt, st, model, optimizer, scheduler):
     ck = run.checkpoint
     path = ckpt.find_checkpoint(ck.load, rt.pstate, ck.ckpt_step)
     if path is None:
-        logger.warning("no checkpoint found in --load %s: starting from scratch", ck.load)
+        logger.info("no checkpoint found in --load %s: starting from scratch", ck.load)
         return
     sd = ckpt.load_checkpoint_file(path)
     ckpt.restore_model(sd, [unwrap(m) for m in model])
@@ -416,13 +429,17 @@ def pretrain(
     Returns the final counters; pass a list as `history` to collect one dict per iteration.
     """
     run = parse_args(argv, extra_args_provider, args_defaults)
+    calc = MicroBatchCalculator(
+        run.training.global_batch_size, run.training.micro_batch_size, run.data_parallel_size, run.training.rampup_batch_size
+    )
+    n_train = train_num_samples(run, calc)
+    try:
+        schedule_spans(run, n_train)  # fail on a bad lr schedule before any heavy work
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
     rt = initialize(run)
     model = build_model(model_provider, run, rt)
     optimizer = get_megatron_optimizer(run.optimizer, model, rt.pstate)
-    calc = MicroBatchCalculator(
-        run.training.global_batch_size, run.training.micro_batch_size, rt.pstate.dp_size, run.training.rampup_batch_size
-    )
-    n_train = train_num_samples(run, calc)
     scheduler = build_scheduler(run, optimizer, n_train)
     st = TrainState()
     if run.checkpoint.load:

@@ -1,5 +1,6 @@
 """Dataset builder: --data-path / --split parsing, document splits, blends and rank ordering."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -146,8 +147,11 @@ def test_blend_per_split_uses_whole_datasets(tmp_path):
     assert isinstance(valid, BlendedDataset)
     assert [m.indices.size for m in valid.datasets] == [20, 10]
     assert test is None
-    with pytest.raises(ValueError, match="no --test-data-path"):
-        build_train_valid_test_datasets(GPTDataset, [10, 10, 5], cfg)
+    # Test samples requested without --test-data-path: no test dataset (Megatron skips the test).
+    assert build_train_valid_test_datasets(GPTDataset, [10, 10, 5], cfg)[2] is None
+    no_train = dataclasses.replace(cfg, blend_per_split=[None] + cfg.blend_per_split[1:])
+    with pytest.raises(ValueError, match="no --train-data-path"):
+        build_train_valid_test_datasets(GPTDataset, [10, 10, 5], no_train)
 
 
 def test_rank_ordering(tmp_path, monkeypatch):

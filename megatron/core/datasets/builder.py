@@ -190,10 +190,12 @@ def _build_all(dataset_cls, num_samples_per_split, config) -> List[Optional[obje
             raise ValueError("blend_per_split needs [train, valid, test] blends (None to skip)")
         for split, blend, n in zip(SPLIT_NAMES, config.blend_per_split, num_samples_per_split):
             if blend is None or not blend[0]:
-                if n:
+                if n and split == "train":
                     raise ValueError(
                         f"{n} {split} samples requested but no --{split}-data-path was given"
                     )
+                if n:
+                    logger.info("no --%s-data-path: no %s dataset", split, split)
                 datasets.append(None)
                 continue
             prefixes, weights = blend
@@ -215,6 +217,12 @@ def _build_all(dataset_cls, num_samples_per_split, config) -> List[Optional[obje
         per_prefix.append([(a, b, num) for a, b in split_documents(num, fractions)])
         logger.info("%s: %d documents, --split %s", prefix, num, config.split)
     for i, (split, n) in enumerate(zip(SPLIT_NAMES, num_samples_per_split)):
+        if fractions[i] == 0.0:
+            # A split given zero weight (e.g. --split 95,5,0) simply has no dataset, as in Megatron.
+            if n:
+                logger.info("--split %s gives the %s split no documents: no %s dataset", config.split, split, split)
+            datasets.append(None)
+            continue
         ranges = [r[i] for r in per_prefix]
         datasets.append(
             _blend_split(dataset_cls, prefixes, weights, ranges, n, split, config, opened)

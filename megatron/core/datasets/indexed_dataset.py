@@ -349,7 +349,12 @@ class IndexedDatasetBuilder:
             self.end_document()  # sequences added after the last end_document form a document
         self._file.close()
         tmp_idx = _tmp_path(idx_path)
-        write_index(tmp_idx, self.dtype, self._sizes, self._document_indices)
+        try:
+            write_index(tmp_idx, self.dtype, self._sizes, self._document_indices)
+        except BaseException:
+            if os.path.exists(tmp_idx):  # abort() only knows the .bin temporary
+                os.remove(tmp_idx)
+            raise
         # Drop a previous index first: a crash between the two renames then leaves no index at all
         # (a clear "no such file"), never an old index paired with new data.
         if os.path.exists(idx_path):
