@@ -157,6 +157,8 @@ class RowParallelLinear(torch.nn.Module):
 
     def forward(self, x: torch.Tensor):
         """x: [s, b, in/tp] -> [s, b, out] (or [s/tp, b, out] with sequence parallelism)."""
+        if group_size(self.tp_group) == 1 and not self.skip_bias_add:
+            return F.linear(x, self.weight, self.bias)  # one fused addmm, nothing to reduce
         out = F.linear(x, self.weight)
         if self.sequence_parallel:
             out = reduce_scatter_to_sequence_parallel_region(out, self.tp_group)

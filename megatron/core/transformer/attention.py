@@ -46,7 +46,6 @@ class SelfAttention(torch.nn.Module):
             proj,
             config.hidden_size,
             init_std=config.output_layer_init_std,
-            skip_bias_add=True,
             **common,
         )
 
@@ -92,4 +91,4 @@ class SelfAttention(torch.nn.Module):
         else:
             ctx = self.core_attention(q, k, v, attention_mask)
         ctx = ctx.permute(2, 0, 1, 3).reshape(s, b, -1)  # [s, b, np * hn]
-        return self.linear_proj(ctx)
+        return self.linear_proj(ctx), None  # the bias is added inside the projection

@@ -37,7 +37,6 @@ class MLP(torch.nn.Module):
             config.ffn_hidden_size,
             config.hidden_size,
             init_std=config.output_layer_init_std,
-            skip_bias_add=True,
             **common,
         )
 
@@ -49,4 +48,4 @@ class MLP(torch.nn.Module):
             x = F.silu(gate) * up
         else:
             x = F.gelu(x)  # exact erf GeLU, Megatron's default
-        return self.linear_fc2(x)
+        return self.linear_fc2(x), None  # the bias is added inside the projection
