@@ -1,0 +1,68 @@
+"""pretrain_gpt with several processes (DP equivalence) and the exit paths (SIGTERM, duration)."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.distributed.launcher import run_distributed
+from tests.integration.test_pretrain_gpt import TINY, run
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NO_DROPOUT = ["--hidden-dropout", "0", "--attention-dropout", "0", "--train-iters", "3", "--global-batch-size", "8"]
+
+
+def _rank_body(rank, world_size, argv):
+    import torch
+
+    torch.set_num_threads(1)
+    history = []
+    run(argv, history)
+    return [h["lm loss"] for h in history]
+
+
+def test_dp2_matches_dp1_losses():
+    argv = TINY + NO_DROPOUT
+    dp1 = run_distributed(_rank_body, 1, argv, timeout=300)[0]
+    dp2 = run_distributed(_rank_body, 2, argv, timeout=300)
+    assert dp2[0] == dp2[1]  # every rank logs the DP-averaged loss
+    for a, b in zip(dp1, dp2[0]):
+        assert a == pytest.approx(b, rel=1e-6)
+    assert len(dp1) == 3
+
+
+def _launch(tmp_path, extra):
+    cmd = [sys.executable, os.path.join(REPO_ROOT, "pretrain_gpt.py")] + TINY + extra
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
+    save = tmp_path / "ckpt"
+    proc = _launch(tmp_path, ["--train-iters", "100000", "--save", str(save)])
+    lines = []
+    deadline = time.time() + 240
+    for line in proc.stdout:
+        lines.append(line)
+        if line.lstrip().startswith("iteration") and "/" in line:
+            proc.send_signal(signal.SIGTERM)
+            break
+        assert time.time() < deadline, "".join(lines)
+    out, _ = proc.communicate(timeout=240)
+    text = "".join(lines) + out
+    assert proc.returncode == 0, text
+    assert "SIGTERM received" in text
+    iteration = int(open(save / "latest_checkpointed_iteration.txt").read())
+    assert iteration >= 1
+    assert (save / f"iter_{iteration:07d}" / "mp_rank_00" / "model_optim_rng.pt").is_file()
+
+
+def test_exit_duration_saves_and_stops(tmp_path):
+    save = tmp_path / "ckpt"
+    history = []
+    st = run(TINY + ["--train-iters", "1000", "--exit-duration-in-mins", "0.00001", "--save", str(save)], history)
+    assert st.iteration == 1 and len(history) == 1
+    assert open(save / "latest_checkpointed_iteration.txt").read().strip() == "1"
