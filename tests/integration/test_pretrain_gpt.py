@@ -83,3 +83,20 @@ def test_missing_budget_is_an_error(capsys):
     with pytest.raises(SystemExit):
         run(TINY)
     assert "--train-iters, --train-samples or --train-tokens" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision", [["--bf16"], ["--fp16"]])
+def test_mixed_precision_trains_on_cpu(precision):
+    history = []
+    # fp16 starts at a loss scale of 2**20 so a few steps overflow, then training proceeds.
+    extra = ["--initial-loss-scale", str(2**20)] if precision == ["--fp16"] else []
+    st = run(TINY + ["--train-iters", "10", "--hidden-dropout", "0", "--attention-dropout", "0"] + precision + extra,
+             history)
+    assert all(torch.isfinite(torch.tensor(h["lm loss"])) for h in history)
+    if precision == ["--fp16"]:
+        # Overflowing steps are skipped and counted, and the scale backs off until steps succeed.
+        skipped = [h["iteration"] for h in history if not h["update_successful"]]
+        assert skipped and st.skipped_iterations == len(skipped)
+        assert history[-1]["update_successful"]
+    else:
+        assert st.skipped_iterations == 0
