@@ -9,4 +9,5 @@ PYBIND11_MODULE(helpers_cpp, m) {
   register_gpt_helpers(m);
   register_blending_helpers(m);
   register_bert_helpers(m);
+  register_metric_helpers(m);
 }

@@ -24,6 +24,8 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
+from megatron.core.data_efficiency.analysis import attach_curriculum_metrics
+from megatron.core.data_efficiency.metrics import CurriculumMetricsConfig
 from megatron.core.datasets import bert_helpers_ref
 from megatron.core.datasets.config import DatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset, index_file_path
@@ -100,6 +102,10 @@ class BertDatasetConfig(DatasetConfig):
     is_continuation: Optional[np.ndarray] = None
     """bool [vocab_size]: True for "##" continuation pieces; derived from `tokenizer.inv_vocab`
     when unset and whole-word masking is on."""
+
+    curriculum_metrics: Optional[CurriculumMetricsConfig] = None
+    """Curriculum metrics computed for every sample once the mapping exists and cached beside it
+    (dataset.curriculum_metric_values; see megatron.core.data_efficiency.analysis)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -325,6 +331,9 @@ class BertDataset:
             json.dumps(self.unique_description, sort_keys=True).encode()
         ).hexdigest()
         self.mapping = self._load_or_build_mapping(is_built_on_rank, synchronize)
+        self.curriculum_metric_values = attach_curriculum_metrics(
+            self, None, is_built_on_rank, synchronize
+        )
 
     def __len__(self) -> int:
         return int(self.mapping.shape[0])
