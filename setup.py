@@ -3,15 +3,23 @@
 The list of native sources lives in csrc/build_config.py (one source of truth). A machine without
 a working C++ compiler fails here, at install time, with the command that fixes it; set
 MEGATRON_SKIP_NATIVE=1 to install anyway and run on the (slower) pure-Python reference paths.
+
+CUDA extensions (build_config.CUDA_EXTENSIONS) are optional: they are built only when a CUDA
+toolkit is found (build_config.find_cuda_home) and the installed torch is a CUDA build, which in
+pip's isolated build environment means `pip install --no-build-isolation -e .`; a failed CUDA build
+is a warning, never an install failure. MEGATRON_BUILD_CUDA=0 skips them, =1 builds them without
+checking torch. Architectures: MEGATRON_CUDA_ARCHS or TORCH_CUDA_ARCH_LIST (default "8.0;9.0+PTX").
 """
 
 import os
 import runpy
 import shutil
+import subprocess
 import sys
 
 from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.errors import CompileError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 BUILD_CONFIG = runpy.run_path(os.path.join(ROOT, "csrc", "build_config.py"))
@@ -50,6 +58,55 @@ def _cpp_extensions():
     return exts
 
 
+def _torch_has_cuda():
+    """(whether the importable torch is a CUDA build, why not)."""
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not importable here (pip's isolated build env?)"
+    if torch.version.cuda is None:
+        return False, f"torch {torch.__version__} is a CPU-only build"
+    return True, ""
+
+
+def _cuda_extensions():
+    force = os.environ.get("MEGATRON_BUILD_CUDA")
+    if SKIP_NATIVE or force == "0" or not BUILD_CONFIG["CUDA_EXTENSIONS"]:
+        return []
+    cuda_home = BUILD_CONFIG["find_cuda_home"]()
+    if cuda_home is None:
+        ok, why = False, "no CUDA toolkit found (set CUDA_HOME)"
+    else:
+        ok, why = (True, "") if force == "1" else _torch_has_cuda()
+    if not ok:
+        print(
+            f"setup.py: skipping the optional CUDA kernels: {why}; torch reference paths are used "
+            "for CUDA tensors. Build them with `pip install --no-build-isolation -e .` on a "
+            "machine with nvcc and a CUDA torch, or MEGATRON_BUILD_CUDA=1.",
+            file=sys.stderr,
+        )
+        return []
+    from pybind11.setup_helpers import Pybind11Extension
+
+    lib_dir = BUILD_CONFIG["cuda_library_dir"](cuda_home)
+    exts = []
+    for spec in BUILD_CONFIG["CUDA_EXTENSIONS"]:
+        ext = Pybind11Extension(
+            spec["name"],
+            sources=spec["sources"],
+            include_dirs=spec.get("include_dirs", []),
+            extra_compile_args=list(BUILD_CONFIG["CXX_FLAGS"]),
+            library_dirs=[lib_dir] if lib_dir else [],
+            libraries=list(BUILD_CONFIG["CUDA_LIBRARIES"]),
+            cxx_std=17,
+        )
+        ext.optional = True  # a failed CUDA build warns; the torch reference stays usable
+        ext.cuda_sources = spec["cuda_sources"]
+        ext.cuda_home = cuda_home
+        exts.append(ext)
+    return exts
+
+
 class BuildExtWithClearErrors(build_ext):
     """build_ext that turns a missing or broken compiler into one actionable message."""
 
@@ -66,10 +123,47 @@ class BuildExtWithClearErrors(build_ext):
             print(msg, file=sys.stderr)
             raise
 
+    def build_extension(self, ext):
+        cuda_sources = getattr(ext, "cuda_sources", None)
+        if cuda_sources:
+            ext.extra_objects = list(ext.extra_objects or []) + self._nvcc_objects(ext)
+        super().build_extension(ext)
+
+    def _nvcc_objects(self, ext):
+        """nvcc-compiles ext.cuda_sources into build_temp objects (CompileError on failure)."""
+        nvcc = os.path.join(ext.cuda_home, "bin", "nvcc")
+        flags = list(BUILD_CONFIG["NVCC_FLAGS"]) + BUILD_CONFIG["cuda_arch_flags"]()
+        includes = [f"-I{d}" for d in ext.include_dirs]
+        headers = [
+            os.path.join(d, name)
+            for d in ext.include_dirs
+            if os.path.isdir(d)
+            for name in os.listdir(d)
+            if name.endswith((".h", ".cuh"))
+        ]
+        objects = []
+        for source in ext.cuda_sources:
+            obj = os.path.join(self.build_temp, "cuda", os.path.splitext(source)[0] + ".o")
+            objects.append(obj)
+            if not self.force and _up_to_date(obj, [source] + headers):
+                continue
+            os.makedirs(os.path.dirname(obj), exist_ok=True)
+            cmd = [nvcc, "-c", source, "-o", obj] + flags + includes
+            print(" ".join(cmd), file=sys.stderr)
+            if subprocess.run(cmd).returncode != 0:
+                raise CompileError(f"nvcc failed on {source}: {' '.join(cmd)}")
+        return objects
+
+
+def _up_to_date(target, sources):
+    if not os.path.exists(target):
+        return False
+    return all(os.path.getmtime(target) >= os.path.getmtime(src) for src in sources)
+
 
 setup(
     packages=find_packages(include=["megatron", "megatron.*"]),
-    ext_modules=_cpp_extensions(),
+    ext_modules=_cpp_extensions() + _cuda_extensions(),
     cmdclass={"build_ext": BuildExtWithClearErrors},
     zip_safe=False,
 )
