@@ -126,6 +126,7 @@ class BertModel(torch.nn.Module):
         lm_labels: Optional[torch.Tensor] = None,
         hidden_input: Optional[torch.Tensor] = None,
         position_ids: Optional[torch.Tensor] = None,
+        random_ltd=None,
     ):
         """Run this chunk.
 
@@ -136,6 +137,7 @@ class BertModel(torch.nn.Module):
             hidden_input: [s, b, h] from the previous stage (default: the tensor given to
                 set_input_tensor).
             position_ids: [b, s]; default 0..s-1.
+            random_ltd: RandomLTDState of this micro-batch (training with random-LTD) or None.
 
         Returns:
             hidden [s, b, h] on non-last stages; else (lm_loss [b, s] or logits [b, s, v],
@@ -156,7 +158,7 @@ class BertModel(torch.nn.Module):
                     "this BERT chunk is not the first pipeline stage: pass hidden_input or call "
                     "set_input_tensor with the previous stage's activations first"
                 )
-        hidden = self.decoder(hidden, attention_mask)
+        hidden = self.decoder(hidden, attention_mask, None, random_ltd)
         if not self.post_process:
             return hidden
         return self._heads(hidden, lm_labels)

@@ -112,6 +112,7 @@ class GPTModel(torch.nn.Module):
         attention_mask: Optional[torch.Tensor] = None,
         labels: Optional[torch.Tensor] = None,
         hidden_input: Optional[torch.Tensor] = None,
+        random_ltd=None,
     ) -> torch.Tensor:
         """Run this chunk.
 
@@ -121,6 +122,7 @@ class GPTModel(torch.nn.Module):
             attention_mask: None (plain causal) or bool [b, 1, s, s], True = masked out.
             labels: [b, s] next-token targets (last stage); when given the result is the
                 per-token loss.
+            random_ltd: RandomLTDState of this micro-batch (training with random-LTD) or None.
             hidden_input: [s, b, h] activations from the previous stage (not first stage;
                 default: the tensor given to set_input_tensor).
 
@@ -138,7 +140,7 @@ class GPTModel(torch.nn.Module):
                     "set_input_tensor with the previous stage's activations first"
                 )
         rotary = self.rotary(position_ids) if self.rotary is not None else None
-        hidden = self.decoder(hidden, attention_mask, rotary)
+        hidden = self.decoder(hidden, attention_mask, rotary, random_ltd)
         if not self.post_process:
             return hidden
         logits = parallel_lm_logits(

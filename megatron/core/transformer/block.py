@@ -44,10 +44,10 @@ class TransformerBlock(torch.nn.Module):
         )
 
     def _run(self, start: int, end: int):
-        def run(hidden, attention_mask, rotary_cos, rotary_sin):
+        def run(hidden, attention_mask, rotary_cos, rotary_sin, random_ltd):
             rotary = None if rotary_cos is None else (rotary_cos, rotary_sin)
             for layer in self.layers[start:end]:
-                hidden = layer(hidden, attention_mask, rotary)
+                hidden = layer(hidden, attention_mask, rotary, random_ltd)
             return hidden
 
         return run
@@ -57,27 +57,33 @@ class TransformerBlock(torch.nn.Module):
         hidden: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
         rotary: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        random_ltd=None,
     ) -> torch.Tensor:
-        """hidden [s, b, h] -> [s, b, h] (normalised when this block ends the model)."""
+        """hidden [s, b, h] -> [s, b, h] (normalised when this block ends the model).
+
+        `random_ltd` (a RandomLTDState or None) is handed to every layer; the recomputation of a
+        checkpointed chunk receives the same object, so it reuses the same kept tokens.
+        """
         cos, sin = rotary if rotary is not None else (None, None)
+        args = (attention_mask, cos, sin, random_ltd)
         n = len(self.layers)
         full = self.config.recompute_granularity == "full" and self.training
         if not full:
-            hidden = self._run(0, n)(hidden, attention_mask, cos, sin)
+            hidden = self._run(0, n)(hidden, *args)
         elif self.config.recompute_method == "uniform":
             # Checkpoint chunks of recompute_num_layers layers; only chunk inputs are kept.
             step = self.config.recompute_num_layers
             for start in range(0, n, step):
                 fn = self._run(start, min(start + step, n))
-                hidden = checkpoint(fn, self.rng_tracker, hidden, attention_mask, cos, sin)
+                hidden = checkpoint(fn, self.rng_tracker, hidden, *args)
         else:
             # "block": recompute the first recompute_num_layers layers of this stage one by one.
             for i in range(n):
                 fn = self._run(i, i + 1)
                 if i < self.config.recompute_num_layers:
-                    hidden = checkpoint(fn, self.rng_tracker, hidden, attention_mask, cos, sin)
+                    hidden = checkpoint(fn, self.rng_tracker, hidden, *args)
                 else:
-                    hidden = fn(hidden, attention_mask, cos, sin)
+                    hidden = fn(hidden, *args)
         if self.final_layernorm is not None:
             hidden = self.final_layernorm(hidden)
         return hidden

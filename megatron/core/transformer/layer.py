@@ -8,6 +8,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..data_efficiency.random_ltd.routing import run_on_kept_tokens
 from .attention import SelfAttention
 from .config import TransformerConfig
 from .mlp import MLP
@@ -62,8 +63,20 @@ class TransformerLayer(torch.nn.Module):
         hidden: torch.Tensor,
         attention_mask: Optional[torch.Tensor] = None,
         rotary: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+        random_ltd=None,
     ) -> torch.Tensor:
-        """hidden [s, b, h] -> [s, b, h]."""
+        """hidden [s, b, h] -> [s, b, h].
+
+        With a `RandomLTDState` that selects this layer (training only), the layer runs on the
+        kept tokens of each sequence and the other tokens pass through unchanged.
+        """
+        s, b = hidden.shape[:2]
+        if random_ltd is not None and self.training and random_ltd.applies(self.layer_number, s):
+            idx = random_ltd.indices(self.layer_number, b, s, hidden.device)  # [b, k], sorted
+            return run_on_kept_tokens(self._dense_forward, hidden, attention_mask, rotary, idx)
+        return self._dense_forward(hidden, attention_mask, rotary)
+
+    def _dense_forward(self, hidden, attention_mask, rotary) -> torch.Tensor:
         attn_out, attn_bias = self.self_attention(self.input_layernorm(hidden), attention_mask, rotary)
         hidden = self._bias_dropout_add(attn_out, attn_bias, hidden)
         mlp_out, mlp_bias = self.mlp(self.pre_mlp_layernorm(hidden))
