@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from megatron.core.datasets.bert_dataset import BertDataset, BertDatasetConfig
 from megatron.core.models import BertModel
-from megatron.training.data import build_datasets, core_dataset_kwargs
+from megatron.training.data import build_datasets, core_dataset_kwargs, dataset_curriculum_metrics
 from megatron.training.training import pretrain
 
 
@@ -43,6 +43,7 @@ def datasets_provider(run, rt, num_samples):
         classification_head=not run.model.bert_no_binary_head,
         binary_head_type=run.model.bert_binary_head_type,
         tokenizer=tok,
+        curriculum_metrics=dataset_curriculum_metrics(rt),
     )
     return build_datasets(BertDataset, config, num_samples)
 
@@ -62,11 +63,13 @@ def forward_step(data_iterator, model):
     """One micro-batch of sentence pairs."""
     raw = next(data_iterator)
     device = next(model.parameters()).device
-    batch = {k: v.to(device) for k, v in raw.items()}
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in raw.items()}
     labels = batch["labels"].clamp(min=0)  # -1 (not predicted) is masked out of the loss
-    output = model(batch["text"], batch["padding_mask"], batch["types"], lm_labels=labels)
+    output = model(
+        batch["text"], batch["padding_mask"], batch["types"], lm_labels=labels, random_ltd=batch.get("random_ltd")
+    )
     return output, functools.partial(loss_func, batch)
 
 
 if __name__ == "__main__":
-    pretrain(datasets_provider, model_provider, forward_step, causal=False)
+    pretrain(datasets_provider, model_provider, forward_step, model_type="bert")

@@ -8,7 +8,7 @@ import torch
 
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.models import GPTModel
-from megatron.training.data import MockGPTDataset, build_datasets, core_dataset_kwargs
+from megatron.training.data import MockGPTDataset, build_datasets, core_dataset_kwargs, dataset_curriculum_metrics
 from megatron.training.training import pretrain
 
 
@@ -42,6 +42,7 @@ def datasets_provider(run, rt, num_samples):
         eod_mask_loss=d.eod_mask_loss,
         eod_token=rt.tokenizer.eod,
         create_attention_mask=d.reset_attention_mask,
+        curriculum_metrics=dataset_curriculum_metrics(rt),
     )
     return build_datasets(GPTDataset, config, num_samples)
 
@@ -65,9 +66,10 @@ def forward_step(data_iterator, model):
         batch["position_ids"].to(device),
         mask.to(device) if mask is not None else None,
         labels=labels,
+        random_ltd=batch.get("random_ltd"),
     )
     return output, functools.partial(loss_func, batch["loss_mask"].to(device))
 
 
 if __name__ == "__main__":
-    pretrain(datasets_provider, model_provider, forward_step, causal=True)
+    pretrain(datasets_provider, model_provider, forward_step, model_type="gpt")

@@ -22,6 +22,7 @@ from megatron.tokenizer.config import TokenizerConfig
 from .config import (
     CheckpointConfig,
     DataConfig,
+    DataEfficiencyFlags,
     LoggingConfig,
     ModelConfig,
     ParallelConfig,
@@ -51,6 +52,7 @@ _SCHEDULER_FLAGS = {
     "use_checkpoint_opt_param_scheduler": Flag(name="--use-checkpoint-opt_param-scheduler"),
 }
 _TRAINING_FLAGS = {"dataloader_type": Flag(choices=("single", "cyclic"))}
+_DE_FLAGS = {"deepspeed_config": Flag(name="--deepspeed_config", aliases=("--deepspeed-config",))}
 
 
 @dataclasses.dataclass
@@ -67,6 +69,7 @@ class RunConfig:
     data: DataConfig
     tokenizer: Optional[TokenizerConfig]
     logging: LoggingConfig
+    data_efficiency: DataEfficiencyFlags = dataclasses.field(default_factory=DataEfficiencyFlags)
     world_size: int = 1
     extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
     """Values of options added by the script's extra_args_provider."""
@@ -110,6 +113,7 @@ def build_parser(extra_args_provider: Optional[Callable] = None) -> argparse.Arg
     add_dataclass_options(parser, DataConfig, "data")
     add_dataclass_options(parser, TokenizerConfig, "tokenizer")
     add_dataclass_options(parser, LoggingConfig, "logging")
+    add_dataclass_options(parser, DataEfficiencyFlags, "data efficiency (curriculum learning, random-LTD)", _DE_FLAGS)
     if extra_args_provider is not None:
         parser = extra_args_provider(parser) or parser
     return parser
@@ -185,7 +189,7 @@ def config_from_namespace(ns: argparse.Namespace, parser, world_size: int) -> Ru
     known = {a.dest for a in parser._actions}
     core_fields = set()
     for cls in (TransformerConfig, ModelConfig, TrainingConfig, SchedulerConfig, OptimizerConfig,
-                CheckpointConfig, ParallelConfig, DataConfig, TokenizerConfig, LoggingConfig):
+                CheckpointConfig, ParallelConfig, DataConfig, TokenizerConfig, LoggingConfig, DataEfficiencyFlags):
         core_fields |= {f.name for f in dataclasses.fields(cls)}
     run = RunConfig(
         transformer=_transformer_config(ns, model, opt, par),
@@ -198,6 +202,7 @@ def config_from_namespace(ns: argparse.Namespace, parser, world_size: int) -> Ru
         data=build_dataclass(DataConfig, ns),
         tokenizer=tokenizer,
         logging=build_dataclass(LoggingConfig, ns),
+        data_efficiency=build_dataclass(DataEfficiencyFlags, ns),
         world_size=world_size,
         extra={k: getattr(ns, k) for k in known - core_fields - {"help"} if hasattr(ns, k)},
     )
@@ -245,6 +250,8 @@ def validate_run_config(run: RunConfig) -> None:
     vpp = run.transformer.virtual_pipeline_model_parallel_size
     if vpp and vpp > 1:
         _check_interleaved_micro_batches(tr, dp, par.pipeline_model_parallel_size)
+    if run.data_efficiency.deepspeed_config:
+        _check_deepspeed_config(run)
     ck = run.checkpoint
     if ck.save_interval is not None and ck.save is None:
         raise ValueError("--save-interval needs --save <folder>")
@@ -264,3 +271,20 @@ def _check_interleaved_micro_batches(tr: TrainingConfig, dp: int, pp: int) -> No
                 f"micro-batches per step to be a multiple of --pipeline-model-parallel-size {pp}, but a "
                 f"global batch of {gbs} gives {m}; change --global-batch-size or --micro-batch-size"
             )
+
+
+def _check_deepspeed_config(run: RunConfig) -> None:
+    """Parse --deepspeed_config now (strict validation before any heavy work) and check the batch
+    sizes it states against the command line's, as Megatron-DeepSpeed does."""
+    from megatron.core.data_efficiency.config import load_deepspeed_config
+
+    path = run.data_efficiency.deepspeed_config
+    if not os.path.isfile(path):
+        raise ValueError(f"--deepspeed_config {path}: no such file")
+    cfg = load_deepspeed_config(path)
+    tr = run.training
+    for key, ours in (("train_batch_size", tr.global_batch_size), ("train_micro_batch_size_per_gpu", tr.micro_batch_size)):
+        theirs = cfg.ignored.get(key)
+        if isinstance(theirs, int) and theirs != ours:
+            flag = "--global-batch-size" if key == "train_batch_size" else "--micro-batch-size"
+            raise ValueError(f"--deepspeed_config {path} sets {key} {theirs} but {flag} is {ours}; make them agree")

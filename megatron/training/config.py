@@ -334,3 +334,24 @@ class LoggingConfig:
 
     wandb_save_dir: Optional[str] = None
     """Weights & Biases local folder."""
+
+
+@dataclasses.dataclass
+class DataEfficiencyFlags:
+    """Curriculum learning and random-LTD switches (Megatron-DeepSpeed's flags)."""
+
+    deepspeed_config: Optional[str] = None
+    """DeepSpeed JSON holding the data_efficiency block (curriculum learning, random-LTD) and/or
+    the legacy curriculum_learning block; other DeepSpeed keys are accepted and ignored."""
+
+    deepspeed: bool = False
+    """Accepted so Megatron-DeepSpeed launch scripts run unchanged (this framework does not use
+    the DeepSpeed engine); the data-efficiency settings come from --deepspeed_config."""
+
+    data_efficiency_curriculum_learning: bool = False
+    """Train with the curriculum sampler of the data_efficiency block (requires it in
+    --deepspeed_config)."""
+
+    random_ltd: bool = False
+    """Train with random layerwise token dropping (requires data_routing.random_ltd in
+    --deepspeed_config)."""

@@ -44,6 +44,18 @@ def build_datasets(dataset_cls, config, num_samples: Sequence[int]):
     return build_train_valid_test_datasets(dataset_cls, num_samples, config)
 
 
+def dataset_curriculum_metrics(rt):
+    """The CurriculumMetricsConfig of the built-in metrics the training split must compute with
+    its index (the curriculum's schedule_based metrics without analysis files), or None."""
+    de = rt.data_efficiency
+    names = de.dataset_metric_names() if de is not None else []
+    if not names:
+        return None
+    from megatron.core.data_efficiency.metrics import CurriculumMetricsConfig
+
+    return CurriculumMetricsConfig(metrics=names, vocab_size=rt.tokenizer.vocab_size)
+
+
 class MockGPTDataset:
     """Random tokens for --mock-data (sample i is the same on every rank and every run)."""
 

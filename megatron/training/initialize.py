@@ -36,6 +36,8 @@ class Runtime:
     """Vocabulary padded by --make-vocab-size-divisible-by x TP."""
     last_saved_iteration: Optional[int] = None
     """Iteration of the last checkpoint this run saved (avoids saving it twice)."""
+    data_efficiency: Optional[object] = None
+    """The run's `training.data_efficiency.DataEfficiency` (curriculum learning, random-LTD)."""
 
 
 def setup_logging(rank: int) -> None:

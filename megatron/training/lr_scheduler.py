@@ -26,6 +26,9 @@ class OptimizerParamScheduler:
         decay_style: constant | linear | cosine | inverse-square-root.
         warmup_steps / decay_steps: warmup and decay span in samples.
         warmup_tokens / decay_tokens: the same in tokens; when set they take precedence.
+        warmup_layer_tokens / decay_layer_tokens: the same in layer-tokens (tokens summed over the
+            layers that processed them; random-LTD's layer_token_lr_schedule); when set they take
+            precedence over both.
     """
 
     def __init__(
@@ -38,10 +41,12 @@ class OptimizerParamScheduler:
         decay_steps: Optional[int],
         warmup_tokens: Optional[int] = None,
         decay_tokens: Optional[int] = None,
+        warmup_layer_tokens: Optional[int] = None,
+        decay_layer_tokens: Optional[int] = None,
     ):
         if min_lr > max_lr:
             raise ValueError(f"--min-lr {min_lr} is larger than --lr {max_lr}")
-        if decay_style != "constant" and not decay_steps and not decay_tokens:
+        if decay_style != "constant" and not decay_steps and not decay_tokens and not decay_layer_tokens:
             raise ValueError(
                 f"--lr-decay-style {decay_style} needs a decay span: --lr-decay-iters, "
                 "--lr-decay-samples, --lr-decay-tokens or a training budget"
@@ -50,22 +55,28 @@ class OptimizerParamScheduler:
         self.max_lr, self.min_lr, self.decay_style = max_lr, min_lr, decay_style
         self.warmup_steps, self.decay_steps = int(warmup_steps or 0), decay_steps
         self.warmup_tokens, self.decay_tokens = warmup_tokens, decay_tokens
+        self.warmup_layer_tokens, self.decay_layer_tokens = warmup_layer_tokens, decay_layer_tokens
         if decay_steps and self.warmup_steps >= decay_steps and decay_style != "constant":
             raise ValueError(
                 f"warmup ({self.warmup_steps} samples) must be shorter than decay ({decay_steps} samples)"
             )
         self.num_steps = 0  # samples consumed
         self.num_tokens = 0  # tokens consumed
+        self.num_layer_tokens = 0  # layer-tokens consumed
         self.step(0, 0)
 
     def _warmup(self):
         """(progress, span) of the warmup in its unit."""
+        if self.warmup_layer_tokens:
+            return self.num_layer_tokens, self.warmup_layer_tokens
         if self.warmup_tokens:
             return self.num_tokens, self.warmup_tokens
         return self.num_steps, self.warmup_steps
 
     def _decay(self):
         """(progress, start, end) of the decay in its unit."""
+        if self.decay_layer_tokens:
+            return self.num_layer_tokens, self.warmup_layer_tokens or 0, self.decay_layer_tokens
         if self.decay_tokens:
             start = self.warmup_tokens or 0
             return self.num_tokens, start, self.decay_tokens
@@ -93,10 +104,12 @@ class OptimizerParamScheduler:
             coeff = 0.5 * (math.cos(math.pi * ratio) + 1.0)
         return self.min_lr + coeff * (self.max_lr - self.min_lr)
 
-    def step(self, increment: int, token_num: int = 0) -> float:
-        """Advance by `increment` samples and `token_num` tokens; returns the new lr."""
+    def step(self, increment: int, token_num: int = 0, layer_tokens: int = 0) -> float:
+        """Advance by `increment` samples, `token_num` tokens and `layer_tokens` layer-tokens;
+        returns the new lr."""
         self.num_steps += increment
         self.num_tokens += token_num
+        self.num_layer_tokens += layer_tokens
         lr = self.get_lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
@@ -111,14 +124,18 @@ class OptimizerParamScheduler:
             "decay_steps": self.decay_steps,
             "warmup_tokens": self.warmup_tokens,
             "decay_tokens": self.decay_tokens,
+            "warmup_layer_tokens": self.warmup_layer_tokens,
+            "decay_layer_tokens": self.decay_layer_tokens,
             "num_steps": self.num_steps,
             "num_tokens": self.num_tokens,
+            "num_layer_tokens": self.num_layer_tokens,
         }
 
     def load_state_dict(self, sd: Dict, use_checkpoint: bool = False, override: bool = False) -> None:
         """Restore progress; the schedule's shape comes from the checkpoint only with
         use_checkpoint, and a mismatch with the command line is an error unless override."""
-        keys = ("max_lr", "min_lr", "decay_style", "warmup_steps", "decay_steps", "warmup_tokens", "decay_tokens")
+        keys = ("max_lr", "min_lr", "decay_style", "warmup_steps", "decay_steps", "warmup_tokens", "decay_tokens",
+                "warmup_layer_tokens", "decay_layer_tokens")
         if not override:
             for k in keys:
                 if use_checkpoint:
@@ -129,5 +146,5 @@ class OptimizerParamScheduler:
                         f"{sd.get(k)} in the checkpoint; pass --use-checkpoint-opt_param-scheduler to "
                         "take the checkpoint's or --override-opt_param-scheduler to take the new one"
                     )
-        self.num_steps, self.num_tokens = 0, 0
-        self.step(sd["num_steps"], sd.get("num_tokens", 0))
+        self.num_steps, self.num_tokens, self.num_layer_tokens = 0, 0, 0
+        self.step(sd["num_steps"], sd.get("num_tokens", 0), sd.get("num_layer_tokens", 0))

@@ -26,8 +26,10 @@ from megatron.core.pipeline_parallel import broadcast_from_last_stage, get_forwa
 
 from . import checkpointing as ckpt
 from .arguments import RunConfig, parse_args
+from .data_efficiency import build_data_efficiency
 from .data_samplers import CyclicSampler, PretrainingSampler
 from .initialize import Runtime, initialize
+from .liveness import report_lost_ranks
 from .lr_scheduler import OptimizerParamScheduler
 from .metrics import Timer, build_sinks, flops_per_token, format_iteration_line
 from .microbatches import MicroBatchCalculator
@@ -105,14 +107,20 @@ def schedule_spans(run: RunConfig, train_samples: int) -> Dict[str, Optional[int
     return dict(warmup_steps=warmup, decay_steps=decay, warmup_tokens=s.lr_warmup_tokens, decay_tokens=decay_tokens)
 
 
-def build_scheduler(run: RunConfig, optimizer, train_samples: int) -> OptimizerParamScheduler:
-    """Learning-rate schedule in samples (or tokens) from the lr flags and the budget."""
+def build_scheduler(run: RunConfig, optimizer, train_samples: int, de=None) -> OptimizerParamScheduler:
+    """Learning-rate schedule in samples (or tokens, or random-LTD layer-tokens) from the lr flags,
+    the budget and the data_efficiency config's layer_token_lr_schedule."""
+    spans = schedule_spans(run, train_samples)
+    lt = de.ltd.layer_token_lr_schedule if de is not None and de.ltd is not None else None
+    if lt is not None and lt.enabled:
+        spans.update(warmup_layer_tokens=lt.warmup_layer_tokens or None, decay_layer_tokens=lt.total_layer_tokens)
+        logger.info("lr schedule in layer-tokens: warmup %s, decay over %s", lt.warmup_layer_tokens, lt.total_layer_tokens)
     return OptimizerParamScheduler(
         optimizer,
         max_lr=run.optimizer.lr,
         min_lr=run.optimizer.min_lr,
         decay_style=run.scheduler.lr_decay_style,
-        **schedule_spans(run, train_samples),
+        **spans,
     )
 
 
@@ -143,13 +151,17 @@ def build_model(model_provider: Callable, run: RunConfig, rt: Runtime) -> List[t
 
 
 # ---- data ----------------------------------------------------------------------------------
-def build_data_loader(dataset, consumed: int, run: RunConfig, rt: Runtime, cyclic: bool):
-    """Loader of this rank's micro-batches starting after `consumed` samples (None w/o data)."""
+def build_data_loader(dataset, consumed: int, run: RunConfig, rt: Runtime, cyclic: bool, sampler=None):
+    """Loader of this rank's micro-batches starting after `consumed` samples (None w/o data).
+
+    `sampler` overrides the default batch sampler (the curriculum sampler does).
+    """
     if dataset is None or len(dataset) == 0:
         return None
     tr, ps = run.training, rt.pstate
-    args = (len(dataset), consumed, tr.micro_batch_size, ps.dp_rank, ps.dp_size)
-    sampler = CyclicSampler(*args, seed=tr.seed) if cyclic else PretrainingSampler(*args)
+    if sampler is None:
+        args = (len(dataset), consumed, tr.micro_batch_size, ps.dp_rank, ps.dp_size)
+        sampler = CyclicSampler(*args, seed=tr.seed) if cyclic else PretrainingSampler(*args)
     # The loader gets its own generator: creating an iterator must not draw from the global RNG,
     # or a resumed run (which creates its iterator after restoring the RNG) would diverge.
     generator = torch.Generator()
@@ -182,8 +194,14 @@ def _no_sync_func(model):
     return model[0].no_sync if len(model) == 1 else [m.no_sync for m in model]
 
 
-def train_step(forward_step, data_iterator, model, optimizer, scheduler, run, rt, num_micro, increment, tokens):
-    """Forward/backward over the micro-batches, gradient sync, optimizer step."""
+def train_step(forward_step, data_iterator, model, optimizer, scheduler, run, rt, num_micro, increment, tokens,
+               shape=None, layer_tokens=0):
+    """Forward/backward over the micro-batches, gradient sync, optimizer step.
+
+    `shape` is (rows, length) of this step's micro-batches (the curriculum may change it); every
+    pipeline stage derives its activation shapes from it.
+    """
+    rows, length = shape or (run.training.micro_batch_size, run.model.seq_length)
     for m in model:
         m.zero_grad_buffer()
     optimizer.zero_grad()
@@ -193,8 +211,8 @@ def train_step(forward_step, data_iterator, model, optimizer, scheduler, run, rt
         data_iterator=data_iterator,
         model=model if len(model) > 1 else model[0],
         num_microbatches=num_micro,
-        seq_length=run.model.seq_length,
-        micro_batch_size=run.training.micro_batch_size,
+        seq_length=length,
+        micro_batch_size=rows,
         forward_only=False,
         grad_scale_func=optimizer.scale_loss,
         no_sync_func=_no_sync_func(model),
@@ -204,7 +222,7 @@ def train_step(forward_step, data_iterator, model, optimizer, scheduler, run, rt
     finalize_model_grads(model, rt.pstate)
     ok, grad_norm, _ = optimizer.step()
     if ok:
-        scheduler.step(increment, tokens)
+        scheduler.step(increment, tokens, layer_tokens)
     return _average_reports(reports, rt.pstate), ok, grad_norm
 
 
@@ -264,10 +282,11 @@ def _budget_done(run: RunConfig, st: TrainState) -> bool:
     return False
 
 
-def save(run, rt, st, model, optimizer, scheduler, de_state=None):
+def save(run, rt, st, model, optimizer, scheduler):
     """Save a checkpoint of the current state to --save."""
     ck = run.checkpoint
     rt.last_saved_iteration = st.iteration
+    de_state = rt.data_efficiency.state_dict(st.iteration) if rt.data_efficiency is not None else None
     ckpt.save_checkpoint(
         ck.save, st.iteration, [unwrap(m) for m in model], optimizer, scheduler, rt.pstate, rt.rng_tracker,
         run.to_plain_dict(), dataclasses.asdict(st), de_state, save_optim=not ck.no_save_optim,
@@ -275,7 +294,8 @@ def save(run, rt, st, model, optimizer, scheduler, de_state=None):
     )
 
 
-def _log_iteration(run, st, report, lr, gbs, elapsed, optimizer, grad_norm, interval_iters, tokens_interval, flops_tok, sink):
+def _log_iteration(run, st, report, lr, gbs, elapsed, optimizer, grad_norm, interval_iters, tokens_interval, flops_tok,
+                   sink, extra=None):
     fields = {
         "consumed samples": st.consumed_train_samples,
         "consumed tokens": st.consumed_train_tokens,
@@ -285,6 +305,9 @@ def _log_iteration(run, st, report, lr, gbs, elapsed, optimizer, grad_norm, inte
         "learning rate": lr,
         "global batch size": gbs,
     }
+    for k, v in (extra or {}).items():
+        fields[k] = v
+        sink.scalar(k, v, st.iteration)
     for k, v in report.items():
         fields[k] = v
         sink.scalar(k, v, st.iteration)
@@ -323,6 +346,7 @@ def train(run, rt, st, forward_step, model, optimizer, scheduler, calc, train_lo
     values averaged over DP, lr, grad norm, update success) for tests and tools.
     """
     tr, ck = run.training, run.checkpoint
+    de = rt.data_efficiency
     exit_signal = _ExitSignal()
     start_time = time.time()
     for m in model:
@@ -332,12 +356,17 @@ def train(run, rt, st, forward_step, model, optimizer, scheduler, calc, train_lo
     report_acc: Dict[str, float] = {}
     try:
         while not _budget_done(run, st):
+            step = st.iteration + 1
             gbs = calc.global_batch_at(st.consumed_train_samples)
             num_micro = gbs // calc.unit
-            tokens = gbs * run.model.seq_length
+            mbs = tr.micro_batch_size
+            shape = de.batch_shape(step, mbs)
+            tokens = de.tokens_per_step(step, gbs, mbs)
+            step_iter = de.step_iterator(data_iter, step, num_micro)
             timer.start()
             report, ok, grad_norm = train_step(
-                forward_step, data_iter, model, optimizer, scheduler, run, rt, num_micro, gbs, tokens
+                forward_step, step_iter, model, optimizer, scheduler, run, rt, num_micro, gbs, tokens, shape,
+                de.layer_tokens_per_step(step, gbs, mbs),
             )
             timer.stop()
             st.iteration += 1
@@ -351,7 +380,7 @@ def train(run, rt, st, forward_step, model, optimizer, scheduler, calc, train_lo
             interval_iters += 1
             tokens_interval += tokens
             if history is not None:
-                history.append({"iteration": st.iteration, **report, "lr": scheduler.get_lr(),
+                history.append({"iteration": st.iteration, **report, **de.log_fields(step, mbs), "lr": scheduler.get_lr(),
                                 "grad_norm": grad_norm, "update_successful": ok,
                                 "consumed_train_tokens": st.consumed_train_tokens})
             for k, v in report.items():
@@ -359,7 +388,7 @@ def train(run, rt, st, forward_step, model, optimizer, scheduler, calc, train_lo
             if st.iteration % tr.log_interval == 0:
                 avg = {k: v / interval_iters for k, v in report_acc.items()}
                 _log_iteration(run, st, avg, scheduler.get_lr(), gbs, timer.reset(), optimizer, grad_norm,
-                               interval_iters, tokens_interval, flops_tok, sink)
+                               interval_iters, tokens_interval, flops_tok, sink, de.log_fields(step, mbs))
                 interval_iters, tokens_interval, report_acc = 0, 0, {}
             if valid_loader is not None and st.iteration % tr.eval_interval == 0:
                 _run_evaluation(run, rt, st, forward_step, valid_loader, model, calc, sink)
@@ -390,12 +419,12 @@ def _load(run, rt, st, model, optimizer, scheduler):
     path = ckpt.find_checkpoint(ck.load, rt.pstate, ck.ckpt_step)
     if path is None:
         logger.info("no checkpoint found in --load %s: starting from scratch", ck.load)
-        return
+        return None
     sd = ckpt.load_checkpoint_file(path)
     ckpt.restore_model(sd, [unwrap(m) for m in model])
     if ck.finetune:
         logger.info("loaded model weights from %s (finetune: iteration 0)", path)
-        return
+        return None
     ts = sd.get("train_state") or {}
     for f in dataclasses.fields(TrainState):
         if f.name in ts:
@@ -412,6 +441,7 @@ def _load(run, rt, st, model, optimizer, scheduler):
     if not ck.no_load_rng:
         ckpt.restore_rng(sd, rt.pstate, rt.rng_tracker)
     logger.info("loaded checkpoint %s at iteration %d", path, st.iteration)
+    return sd.get("data_efficiency")
 
 
 def pretrain(
@@ -421,10 +451,14 @@ def pretrain(
     extra_args_provider: Optional[Callable] = None,
     args_defaults: Optional[Dict] = None,
     argv: Optional[List[str]] = None,
-    causal: bool = True,
+    model_type: str = "gpt",
     history: Optional[List[Dict]] = None,
 ) -> TrainState:
     """Parse the command line, build model/optimizer/data, load, train, evaluate, save.
+
+    Args:
+        model_type: "gpt" (causal) or "bert" (bidirectional): FLOP counting and the curriculum's
+            sequence-length post-processing depend on it.
 
     Returns the final counters; pass a list as `history` to collect one dict per iteration.
     """
@@ -438,28 +472,36 @@ def pretrain(
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
     rt = initialize(run)
+    rt.data_efficiency = build_data_efficiency(run, model_type, rt.pstate)
     model = build_model(model_provider, run, rt)
     optimizer = get_megatron_optimizer(run.optimizer, model, rt.pstate)
-    scheduler = build_scheduler(run, optimizer, n_train)
+    scheduler = build_scheduler(run, optimizer, n_train, rt.data_efficiency)
     st = TrainState()
-    if run.checkpoint.load:
-        _load(run, rt, st, model, optimizer, scheduler)
+    de_state = _load(run, rt, st, model, optimizer, scheduler) if run.checkpoint.load else None
     gbs = run.training.global_batch_size
     num_samples = [n_train, run.training.eval_iters * gbs, run.training.eval_iters * gbs]
     train_ds, valid_ds, test_ds = datasets_provider(run, rt, num_samples)
     cyclic = run.training.dataloader_type == "cyclic"
-    train_loader = build_data_loader(train_ds, st.consumed_train_samples, run, rt, cyclic)
+    sampler = None
+    if train_ds is not None and rt.data_efficiency.curriculum is not None:
+        sampler = rt.data_efficiency.build_sampler(
+            train_ds, run.training.micro_batch_size, rt.pstate.dp_size, calc.global_batch_at
+        )
+        rt.data_efficiency.load_state_dict(de_state, st.iteration)
+    train_loader = build_data_loader(train_ds, st.consumed_train_samples, run, rt, cyclic, sampler)
     valid_loader = build_data_loader(valid_ds, 0, run, rt, False)
     test_loader = build_data_loader(test_ds, 0, run, rt, False)
     sink = build_sinks(run.logging, rt.pstate.rank, run.to_plain_dict())
     vocab = unwrap(model[0]).vocab_size
-    flops_tok = flops_per_token(run.transformer, run.model.seq_length, vocab, causal)
+    flops_tok = flops_per_token(run.transformer, run.model.seq_length, vocab, model_type == "gpt")
     reason = None
     if not run.training.skip_train:
         if train_loader is None:
             raise ValueError("no training samples: check --data-path and --split")
-        reason = train(run, rt, st, forward_step, model, optimizer, scheduler, calc, train_loader, valid_loader,
-                       sink, flops_tok, history)
+        # A collective that fails because a rank died becomes an error naming that rank.
+        with report_lost_ranks(run.parallel.distributed_timeout_minutes):
+            reason = train(run, rt, st, forward_step, model, optimizer, scheduler, calc, train_loader,
+                           valid_loader, sink, flops_tok, history)
         if run.checkpoint.save and reason is None and rt.last_saved_iteration != st.iteration:
             save(run, rt, st, model, optimizer, scheduler)
     if reason is None:

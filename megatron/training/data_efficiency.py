@@ -1,0 +1,249 @@
+"""Curriculum learning and random-LTD in the training loop.
+
+`DataEfficiency` turns the DeepSpeed-style `data_efficiency` config (from --deepspeed_config) into
+what the loop needs at step k (the 1-based iteration):
+
+- the shape of step k's micro-batches (`batch_shape`): a pure function of k, so every pipeline
+  stage knows it without exchanging shapes;
+- the batch sampler (the curriculum sampler when curriculum learning is on);
+- the per-step iterator wrapper that post-processes each micro-batch (sequence-length truncation
+  or reshape, BERT padding trim) and attaches the micro-batch's `RandomLTDState`;
+- token accounting (curriculum-truncated and random-LTD-effective lengths), log fields, and the
+  state saved in checkpoints.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Iterator, Optional, Tuple
+
+import torch
+
+from megatron.core.data_efficiency.config import SEQLEN_RESHAPE, SEQLEN_TRUNCATE, DeepSpeedConfig, load_deepspeed_config
+from megatron.core.data_efficiency.pacing import curriculum_difficulties, random_ltd_effective_seqlen, random_ltd_value
+from megatron.core.data_efficiency.random_ltd.routing import RandomLTDState, check_random_ltd_config
+from megatron.core.data_efficiency.seqlen import gpt_batch_shape_at_step, post_process_batch, seqlen_at_step, seqlen_mode
+
+logger = logging.getLogger(__name__)
+
+_POST_PROCESSING_METRICS = (SEQLEN_TRUNCATE, SEQLEN_RESHAPE)
+
+
+class DataEfficiency:
+    """Curriculum learning + random-LTD of one run (both may be off).
+
+    Args:
+        ds_config: the parsed --deepspeed_config (None: everything off).
+        model_type: "gpt" or "bert".
+        seq_length: --seq-length.
+        num_layers: --num-layers.
+        sequence_parallel: whether --sequence-parallel is on (random-LTD excludes it).
+        pipeline_parallel: whether PP > 1 (BERT's data-dependent padding trim is then turned off).
+        seed: --seed (the data_efficiency seed drives the sampler; this one the kept tokens).
+        dp_rank: data-parallel rank of this process.
+    """
+
+    def __init__(self, ds_config: Optional[DeepSpeedConfig], model_type: str, seq_length: int, num_layers: int,
+                 sequence_parallel: bool, pipeline_parallel: bool, seed: int, dp_rank: int):
+        self.ds = ds_config
+        self.model_type, self.seq_length, self.num_layers = model_type, seq_length, num_layers
+        self.seed, self.dp_rank = seed, dp_rank
+        self.trim_padding = not pipeline_parallel
+        de = ds_config.data_efficiency if ds_config is not None else None
+        self.curriculum = de.curriculum_learning if de is not None and de.curriculum_learning.enabled else None
+        self.legacy = ds_config.curriculum_learning if ds_config is not None else None
+        if self.legacy is not None and not self.legacy.enabled:
+            self.legacy = None
+        self.ltd = de.random_ltd if de is not None and de.random_ltd.enabled else None
+        self.ltd_layers: Tuple[int, ...] = ()
+        if self.ltd is not None:
+            self._check_ltd(sequence_parallel)
+        self.sampler = None
+
+    # ---- validation ------------------------------------------------------------------------
+    def _check_ltd(self, sequence_parallel: bool) -> None:
+        ltd = self.ltd
+        if ltd.total_layer_num is not None and ltd.total_layer_num != self.num_layers:
+            raise ValueError(
+                f"data_routing.random_ltd.total_layer_num is {ltd.total_layer_num} but --num-layers is "
+                f"{self.num_layers}; make them equal"
+            )
+        self.ltd_layers = check_random_ltd_config(self.num_layers, ltd.random_ltd_layer_id, sequence_parallel)
+        if ltd.random_ltd_layer_num is not None and ltd.random_ltd_layer_num != len(self.ltd_layers):
+            raise ValueError(
+                f"data_routing.random_ltd.random_ltd_layer_num is {ltd.random_ltd_layer_num} but "
+                f"random_ltd_layer_id lists {len(self.ltd_layers)} layers"
+            )
+        if ltd.random_ltd_schedule is None:
+            raise ValueError("data_routing.random_ltd needs a random_ltd_schedule block")
+        if ltd.random_ltd_schedule.max_value > self.seq_length:
+            logger.warning(
+                "random_ltd_schedule.max_value %d exceeds --seq-length %d: K is capped at the length",
+                ltd.random_ltd_schedule.max_value, self.seq_length,
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.curriculum is not None or self.legacy is not None or self.ltd is not None
+
+    @property
+    def changes_seqlen(self) -> bool:
+        """Whether the model input length can differ from --seq-length."""
+        return self.ds is not None and seqlen_mode(self.ds)[0] != "none" and (
+            self.curriculum is not None or self.legacy is not None
+        )
+
+    # ---- dataset metrics -------------------------------------------------------------------
+    def dataset_metric_names(self):
+        """Built-in metrics the training dataset must compute while building its index (the
+        schedule_based metrics whose analysis files are not there)."""
+        from megatron.core.data_efficiency.metrics import BUILTIN_METRICS
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        names = []
+        if self.curriculum is None:
+            return names
+        for name, metric in self.curriculum.curriculum_metrics.items():
+            if not metric.filters_samples:
+                continue
+            path = metric.index_to_sample_path or ""
+            if path and IndexedDataset.exists(path):
+                continue
+            stem = path.split("/")[-1].split("_index_to_sample")[0]
+            for candidate in (name, stem):
+                if candidate in BUILTIN_METRICS and candidate not in names:
+                    names.append(candidate)
+                    break
+        return names
+
+    # ---- per-step pure functions -----------------------------------------------------------
+    def batch_shape(self, step: int, micro_batch_size: int) -> Tuple[int, int]:
+        """(rows, tokens per row) of the model input of every micro-batch of step `step`."""
+        if not self.changes_seqlen:
+            return micro_batch_size, self.seq_length
+        if self.model_type == "gpt":
+            return gpt_batch_shape_at_step(self.ds, step, micro_batch_size, self.seq_length)
+        length = seqlen_at_step(self.ds, step, self.seq_length, "bert", self.trim_padding)
+        return micro_batch_size, self.seq_length if length is None else length
+
+    def keep(self, step: int, length: int) -> Optional[int]:
+        """Random-LTD kept tokens at `step` (capped by the current length), None when off."""
+        if self.ltd is None:
+            return None
+        return min(random_ltd_value(self.ltd.random_ltd_schedule, step - 1), length)
+
+    def tokens_per_step(self, step: int, global_batch_size: int, micro_batch_size: int) -> int:
+        """Tokens consumed by step `step` for accounting: rows x length of the model input, with
+        the random-LTD effective length (S * (L - n) + K * n) // L when random-LTD is on."""
+        rows, length = self.batch_shape(step, micro_batch_size)
+        rows_total = global_batch_size // micro_batch_size * rows
+        k = self.keep(step, length)
+        if k is not None:
+            length = random_ltd_effective_seqlen(length, k, self.num_layers, len(self.ltd_layers))
+        return rows_total * length
+
+    def layer_tokens_per_step(self, step: int, global_batch_size: int, micro_batch_size: int) -> int:
+        """Layer-tokens of step `step` (sum over layers of the tokens each layer processed)."""
+        rows, length = self.batch_shape(step, micro_batch_size)
+        rows_total = global_batch_size // micro_batch_size * rows
+        k = self.keep(step, length)
+        n = len(self.ltd_layers) if k is not None else 0
+        return rows_total * (length * (self.num_layers - n) + (k or 0) * n)
+
+    def log_fields(self, step: int, micro_batch_size: int) -> Dict[str, Any]:
+        """Values shown in the iteration line for step `step`."""
+        fields: Dict[str, Any] = {}
+        if self.changes_seqlen:
+            fields["curriculum seqlen"] = self.batch_shape(step, micro_batch_size)[1]
+        if self.curriculum is not None:
+            for name, value in curriculum_difficulties(self.curriculum, step).items():
+                if name not in _POST_PROCESSING_METRICS:
+                    fields[f"difficulty {name}"] = value
+        if self.ltd is not None:
+            fields["random-LTD kept tokens"] = self.keep(step, self.batch_shape(step, micro_batch_size)[1])
+        return fields
+
+    # ---- data --------------------------------------------------------------------------------
+    def step_iterator(self, data_iterator, step: int, num_micro: int, train: bool = True) -> Iterator[Dict]:
+        """This step's micro-batches: post-processed, with their RandomLTDState attached."""
+        for m in range(num_micro):
+            batch = next(data_iterator)
+            if train and self.changes_seqlen:
+                batch = post_process_batch(self.ds, step, batch, self.seq_length, self.model_type, self.trim_padding)
+            if train and self.ltd is not None:
+                length = _batch_length(batch, self.model_type)
+                batch = dict(batch)
+                batch["random_ltd"] = RandomLTDState(
+                    seed=self.seed, step=step, microbatch=m, dp_rank=self.dp_rank,
+                    keep=self.keep(step, length), layer_ids=frozenset(self.ltd_layers),
+                )
+            yield batch
+
+    def build_sampler(self, dataset, micro_batch_size: int, dp_size: int, global_batch_at):
+        """The curriculum batch sampler (None when curriculum learning is off); it starts at step 0,
+        `load_state_dict` moves it to a checkpoint's step."""
+        if self.curriculum is None:
+            return None
+        from megatron.core.data_efficiency.sampler import CurriculumSampler
+
+        values = getattr(dataset, "curriculum_metric_values", None)
+        if values is None and hasattr(dataset, "datasets"):  # a blend: values of its members
+            from megatron.core.data_efficiency.analysis import blended_metric_values
+
+            values = {name: blended_metric_values(dataset, name) for name in self.dataset_metric_names()}
+        self.sampler = CurriculumSampler(
+            self.ds.data_efficiency, len(dataset), micro_batch_size, self.dp_rank, dp_size, global_batch_at, values,
+        )
+        return self.sampler
+
+    # ---- checkpoints -----------------------------------------------------------------------
+    def state_dict(self, iteration: int) -> Optional[Dict[str, Any]]:
+        """Plain-data state for the checkpoint's data_efficiency slot."""
+        if not self.enabled:
+            return None
+        return {
+            "config": self.ds.to_plain_dict(),
+            "iteration": iteration,
+            "sampler": self.sampler.state_dict(step=iteration) if self.sampler is not None else None,
+        }
+
+    def load_state_dict(self, state: Optional[Dict[str, Any]], iteration: int) -> None:
+        """Restore the sampler to the checkpoint's step (or replay it when the state is missing)."""
+        if self.sampler is None:
+            return
+        if state and state.get("sampler"):
+            self.sampler.load_state_dict(state["sampler"])
+        elif iteration:
+            logger.warning("checkpoint has no curriculum sampler state: replaying %d steps", iteration)
+            self.sampler.fast_forward(iteration)
+
+
+def _batch_length(batch: Dict, model_type: str) -> int:
+    key = "text"
+    n = batch[key].shape[1]
+    return n - 1 if model_type == "gpt" else n
+
+
+def build_data_efficiency(run, model_type: str, pstate) -> DataEfficiency:
+    """From the run's flags: --deepspeed_config, --data-efficiency-curriculum-learning, --random-ltd."""
+    de_flags = run.data_efficiency
+    ds = load_deepspeed_config(de_flags.deepspeed_config) if de_flags.deepspeed_config else None
+    obj = DataEfficiency(
+        ds, model_type, run.model.seq_length, run.transformer.num_layers, run.transformer.sequence_parallel,
+        run.parallel.pipeline_model_parallel_size > 1, run.training.seed, pstate.dp_rank,
+    )
+    curriculum_on = obj.curriculum is not None or obj.legacy is not None
+    if de_flags.data_efficiency_curriculum_learning and obj.curriculum is None:
+        raise ValueError(
+            "--data-efficiency-curriculum-learning needs --deepspeed_config with "
+            "data_efficiency.data_sampling.curriculum_learning enabled"
+        )
+    if de_flags.random_ltd and obj.ltd is None:
+        raise ValueError("--random-ltd needs --deepspeed_config with data_efficiency.data_routing.random_ltd enabled")
+    if obj.ltd is not None and not de_flags.random_ltd:
+        logger.info("random-LTD is enabled by --deepspeed_config (--random-ltd not given)")
+    if curriculum_on:
+        logger.info("curriculum learning on: %s", ", ".join(obj.curriculum.curriculum_metrics) if obj.curriculum else "legacy seqlen")
+    if obj.ltd is not None:
+        logger.info("random-LTD on layers %s", list(obj.ltd_layers))
+    return obj

@@ -1,0 +1,199 @@
+"""Curriculum learning and random-LTD through pretrain_gpt / pretrain_bert: schedules in the log,
+exact resume, token accounting, pipeline parallelism with a changing sequence length."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+import pretrain_bert
+import pretrain_gpt
+from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+from megatron.core.datasets.token_counts import save_token_counts
+from megatron.training.training import pretrain
+from tests.distributed.launcher import run_distributed
+
+VOCAB = 97
+SEQ = 32
+
+
+def _metric(name, kind, lo, hi, total, step, schedule="fixed_linear", diff_type="value", path="dummy"):
+    cfg = {"total_curriculum_step": total, "difficulty_step": step}
+    if schedule == "fixed_root":
+        cfg["root_degree"] = 2
+    return {
+        "index_to_sample_path": path, "index_to_metric_path": "dummy", "difficulty_type": diff_type,
+        "clustering_type": kind, "min_difficulty": lo, "max_difficulty": hi, "schedule_type": schedule,
+        "schedule_config": cfg,
+    }
+
+
+def ds_config(tmp_path, curriculum=True, ltd=True, layers=4, seq=SEQ, model_type="decoder", metrics=None):
+    metrics = metrics or {
+        "voc": _metric("voc", "schedule_based", 1, 100, 6, 1, "fixed_root", "percentile",
+                       path=str(tmp_path / "vocab_rarity_index_to_sample_percentile_merged")),
+        "seqlen_truncate": _metric("seqlen_truncate", "single_cluster", 8, seq, 6, 8),
+    }
+    cfg = {
+        "train_batch_size": 8,
+        "data_efficiency": {
+            "enabled": True, "seed": 1234,
+            "data_routing": {"enabled": ltd, "random_ltd": {
+                "enabled": ltd, "total_layer_num": layers, "random_ltd_layer_num": layers - 2,
+                "random_ltd_layer_id": list(range(1, layers - 1)), "model_mask_name": "attention_mask",
+                "model_type": model_type, "hidden_state_order": "seq_batch_dim",
+                "random_ltd_schedule": {"min_value": 8, "max_value": seq, "schedule_type": "fixed_linear",
+                                        "schedule_config": {"require_steps": 6, "seq_per_step": 8}}}},
+            "data_sampling": {"enabled": curriculum, "num_workers": 0, "curriculum_learning": {
+                "enabled": curriculum, "data_cluster_path": str(tmp_path), "curriculum_metrics": metrics}},
+        },
+    }
+    path = tmp_path / "ds_config.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def gpt_data(tmp_path_factory):
+    """A small GPT dataset of token ids with Zipf-like frequencies (so rarity varies)."""
+    d = tmp_path_factory.mktemp("gpt_data")
+    prefix = str(d / "toy_text_document")
+    rs = np.random.RandomState(0)
+    weights = 1.0 / np.arange(1, VOCAB)
+    weights /= weights.sum()
+    counts = np.zeros(VOCAB, dtype=np.int64)
+    with IndexedDatasetBuilder(prefix + ".bin", np.uint16) as b:
+        for _ in range(300):
+            n = rs.randint(10, 120)
+            doc = np.append(rs.choice(VOCAB - 1, size=n, p=weights), VOCAB - 1)  # eod = 96
+            counts += np.bincount(doc, minlength=VOCAB)
+            b.add_item(doc)
+            b.end_document()
+        b.finalize(prefix + ".idx")
+    save_token_counts(prefix + ".token_counts.npy", counts)
+    return prefix
+
+
+def gpt_args(data, extra=()):
+    return [
+        "--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", str(SEQ),
+        "--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "2e-3", "--lr-decay-style", "cosine",
+        "--data-path", data, "--split", "90,10,0", "--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB - 1),
+        "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1", "--num-workers", "0",
+        "--hidden-dropout", "0.1", "--attention-dropout", "0.1", "--seed", "3", *extra,
+    ]
+
+
+def run_gpt(argv):
+    history = []
+    st = pretrain(pretrain_gpt.datasets_provider, pretrain_gpt.model_provider, pretrain_gpt.forward_step,
+                  argv=argv, history=history)
+    return st, history
+
+
+def test_gpt_curriculum_and_random_ltd_schedules(tmp_path, gpt_data):
+    cfg = ds_config(tmp_path)
+    st, hist = run_gpt(gpt_args(gpt_data, ["--train-iters", "8", "--deepspeed", "--deepspeed_config", cfg,
+                                            "--data-efficiency-curriculum-learning", "--random-ltd"]))
+    seqlens = [h["curriculum seqlen"] for h in hist]
+    difficulty = [h["difficulty voc"] for h in hist]
+    kept = [h["random-LTD kept tokens"] for h in hist]
+    assert seqlens == sorted(seqlens) and seqlens[0] == 8 and seqlens[-1] == SEQ
+    assert difficulty == sorted(difficulty) and difficulty[0] < difficulty[-1] == 100
+    assert kept == sorted(kept) and all(k <= s for k, s in zip(kept, seqlens))
+    # consumed tokens: rows x effective length (S (L - n) + K n) // L, summed over steps
+    expected = sum(8 * ((s * 2 + k * 2) // 4) for s, k in zip(seqlens, kept))
+    assert st.consumed_train_tokens == expected == hist[-1]["consumed_train_tokens"]
+
+
+def test_gpt_curriculum_exact_resume(tmp_path, gpt_data):
+    cfg = ds_config(tmp_path)
+    de = ["--deepspeed_config", cfg, "--train-iters", "6"]
+    _, straight = run_gpt(gpt_args(gpt_data, de))
+    ckpt = str(tmp_path / "ckpt")
+    run_gpt(gpt_args(gpt_data, de + ["--exit-interval", "3", "--save", ckpt]))
+    _, resumed = run_gpt(gpt_args(gpt_data, de + ["--load", ckpt]))
+    assert [h["iteration"] for h in resumed] == [4, 5, 6]
+    assert [h["lm loss"] for h in resumed] == [h["lm loss"] for h in straight[3:]]
+    assert [h["curriculum seqlen"] for h in resumed] == [h["curriculum seqlen"] for h in straight[3:]]
+
+
+def test_unknown_key_in_deepspeed_config_fails_fast(tmp_path, gpt_data, capsys):
+    cfg = json.loads(open(ds_config(tmp_path)).read())
+    ltd = cfg["data_efficiency"]["data_routing"]["random_ltd"]
+    ltd["random_ltd_schedul"] = ltd.pop("random_ltd_schedule")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(cfg))
+    with pytest.raises(SystemExit):
+        run_gpt(gpt_args(gpt_data, ["--train-iters", "2", "--deepspeed_config", str(bad)]))
+    err = capsys.readouterr().err
+    assert "random_ltd_schedul" in err and "random_ltd_schedule" in err
+
+
+def test_random_ltd_flag_without_config_block_is_an_error(tmp_path, gpt_data):
+    cfg = ds_config(tmp_path, ltd=False)
+    with pytest.raises(ValueError, match="--random-ltd needs"):
+        run_gpt(gpt_args(gpt_data, ["--train-iters", "2", "--deepspeed_config", cfg, "--random-ltd"]))
+
+
+def _pp_body(rank, world_size, argv):
+    import torch
+
+    torch.set_num_threads(1)
+    _, hist = run_gpt(argv)
+    return [(h["lm loss"], h["curriculum seqlen"]) for h in hist]
+
+
+@pytest.mark.slow
+def test_pipeline_parallel_with_changing_sequence_length(tmp_path, gpt_data):
+    cfg = ds_config(tmp_path)
+    argv = gpt_args(gpt_data, ["--train-iters", "5", "--deepspeed_config", cfg, "--hidden-dropout", "0",
+                               "--attention-dropout", "0"])
+    single = run_distributed(_pp_body, 1, argv, timeout=300)[0]
+    pp = run_distributed(_pp_body, 2, argv + ["--pipeline-model-parallel-size", "2"], timeout=300)
+    assert pp[0] == pp[1]  # both stages log the last stage's loss
+    assert [s for _, s in single] == [s for _, s in pp[0]] and len({s for _, s in single}) > 1
+    for (a, _), (b, _) in zip(single, pp[0]):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def bert_data(tmp_path_factory, tokenizer_dir):
+    from megatron.core.datasets.preprocess import PreprocessConfig, preprocess_files
+    from megatron.tokenizer import TokenizerConfig, build_tokenizer, split_sentences
+    from tools.austen_to_jsonl import write_jsonl
+    import functools
+
+    d = tmp_path_factory.mktemp("bert_data")
+    full = d / "austen.jsonl"
+    write_jsonl(str(full))
+    small = d / "small.jsonl"
+    small.write_text("".join(open(full).readlines()[:12]))
+    tok = TokenizerConfig("BertWordPieceLowerCase", vocab_file=str(tokenizer_dir / "bert-base-uncased-vocab.txt"))
+    preprocess_files([str(small)], str(d / "austen"), functools.partial(build_tokenizer, tok),
+                     PreprocessConfig(split_sentences=True), sentence_splitter=split_sentences)
+    return str(d / "austen_text_sentence"), str(tokenizer_dir / "bert-base-uncased-vocab.txt")
+
+
+def test_bert_curriculum_and_random_ltd(tmp_path, bert_data):
+    prefix, vocab = bert_data
+    metrics = {
+        "vocab_rarity": _metric("vocab_rarity", "schedule_based", 1, 100, 5, 1, "fixed_root", "percentile"),
+        "seqlen_truncate": _metric("seqlen_truncate", "single_cluster", 16, 64, 5, 8),
+    }
+    cfg = ds_config(tmp_path, layers=4, seq=64, model_type="encoder", metrics=metrics)
+    history = []
+    argv = [
+        "--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "64",
+        "--micro-batch-size", "4", "--global-batch-size", "8", "--train-iters", "6", "--lr", "1e-3",
+        "--data-path", prefix, "--split", "90,10,0", "--tokenizer-type", "BertWordPieceLowerCase",
+        "--vocab-file", vocab, "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1",
+        "--num-workers", "0", "--deepspeed_config", cfg, "--random-ltd", "--data-efficiency-curriculum-learning",
+    ]
+    pretrain(pretrain_bert.datasets_provider, pretrain_bert.model_provider, pretrain_bert.forward_step,
+             argv=argv, model_type="bert", history=history)
+    seqlens = [h["curriculum seqlen"] for h in history]
+    assert seqlens[0] == 24 and seqlens[-1] == 64 and seqlens == sorted(seqlens)  # 16 + 48/5 -> 24
+    assert all(s % 8 == 0 for s in seqlens)
+    assert all(np.isfinite(h["lm loss"]) for h in history)
