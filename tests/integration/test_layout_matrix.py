@@ -1,0 +1,217 @@
+"""Every parallel layout trains the same model: GPT and BERT at TP {1,2} x PP {1,2} x DP {1,2}
+(and interleaved PP 2) give the single-process run's per-iteration losses and gradient norms and,
+after 3 steps, its weights (checkpoint shards merged to full tensors with the conversion code of
+tools/checkpoint_util.py).
+
+How weights are compared, and why: summation order differs between layouts (TP splits matmul
+reductions, DP sums gradients across ranks), so gradients agree to ~1e-7 relative, not bit for
+bit. Adam divides by sqrt(v) + eps, which turns a gradient that is zero up to such noise (the
+attention key bias: softmax is invariant to it) into a full step of +-lr whose sign is the
+noise's, so Adam weights cannot be compared elementwise at 1e-5. The matrix therefore trains with
+SGD with momentum (the update is linear in the gradient, so noise stays noise-sized), and one case
+with Adam and --adam-eps 1e-4 (large enough that gradient noise below ~1e-4 is not amplified).
+The quantity compared is the update (final - initial weights), with rtol 1e-5 and an absolute
+tolerance of 1e-5 x the largest update of the tensor plus 2 fp32 ulp of the weights' magnitude
+(the weights are stored in fp32, so an update is only known to their rounding): an error of
+about 1e-5 of what the optimizer did, which a wrong shard, a missed reduction or a wrong
+micro-batch would far exceed. The learning rate is large enough for updates to dwarf that ulp.
+Losses and gradient norms are compared at rtol 1e-5.
+
+The fast subset (unmarked) covers TP, PP, DP, all three together, interleaving and BERT; the full
+matrix is marked slow.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+import numpy as np
+import pytest
+import torch
+
+import pretrain_bert
+import pretrain_gpt
+from megatron.core.datasets.bert_dataset import BertDataset, BertDatasetConfig
+from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+from megatron.training import checkpoint_convert as cc
+from megatron.training.data import build_datasets, core_dataset_kwargs
+from megatron.training.training import pretrain
+from tests.distributed.launcher import run_distributed
+
+ITERS = 3
+COMMON = (
+    f"--num-layers 4 --hidden-size 32 --num-attention-heads 4 --train-iters {ITERS} "
+    "--micro-batch-size 2 --global-batch-size 8 --tokenizer-type NullTokenizer --vocab-size 60 "
+    # 61 ids padded to 64 at TP 1 and TP 2 alike (the default 128 x TP would differ).
+    "--make-vocab-size-divisible-by 32 --hidden-dropout 0 --attention-dropout 0 --seed 11 "
+    "--log-interval 100 --eval-iters 0 --num-workers 0"
+).split()
+SGD = ["--optimizer", "sgd", "--lr", "0.3", "--sgd-momentum", "0.9"]
+ADAM = ["--optimizer", "adam", "--lr", "3e-3", "--adam-eps", "1e-4"]
+GPT_ARGS = COMMON + ["--seq-length", "16", "--mock-data"]
+# BERT special ids inside the NullTokenizer's 61 ids; corpus tokens are 4..59.
+PAD, CLS, SEP, MASK, FIRST_WORD = 0, 1, 2, 3, 4
+
+
+# ---- BERT data: a tiny sentence-split corpus -------------------------------------------------
+def write_bert_corpus(prefix: str, seed: int = 5, num_docs: int = 40) -> None:
+    """Documents of 2-6 sentences of 3-12 random word ids, one sequence per sentence."""
+    rng = np.random.default_rng(seed)
+    with IndexedDatasetBuilder(prefix + ".bin", dtype=np.int32) as builder:
+        for _ in range(num_docs):
+            for _ in range(rng.integers(2, 7)):
+                builder.add_item(rng.integers(FIRST_WORD, 60, rng.integers(3, 13)))
+            builder.end_document()
+        builder.finalize(prefix + ".idx")
+
+
+def bert_datasets_provider(run, rt, num_samples):
+    """pretrain_bert's provider with the special ids given explicitly (NullTokenizer has none)."""
+    config = BertDatasetConfig(
+        **core_dataset_kwargs(run),
+        masking_probability=0.15,
+        short_sequence_probability=0.1,
+        classification_head=True,
+        binary_head_type="sop",
+        cls_id=CLS,
+        sep_id=SEP,
+        mask_id=MASK,
+        pad_id=PAD,
+        vocab_size=60,
+    )
+    return build_datasets(BertDataset, config, num_samples)
+
+
+# ---- one run in N processes ------------------------------------------------------------------
+def _train(rank: int, world_size: int, model: str, argv: List[str]) -> List[Dict]:
+    if model == "gpt":
+        providers = (
+            pretrain_gpt.datasets_provider,
+            pretrain_gpt.model_provider,
+            pretrain_gpt.forward_step,
+        )
+    else:
+        providers = (
+            bert_datasets_provider,
+            pretrain_bert.model_provider,
+            pretrain_bert.forward_step,
+        )
+    history: List[Dict] = []
+    pretrain(*providers, argv=argv, history=history)
+    return [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in history]
+
+
+def layout_flags(tp: int, pp: int, vpp_layers) -> List[str]:
+    flags = ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp)]
+    if vpp_layers:
+        flags += ["--num-layers-per-virtual-pipeline-stage", str(vpp_layers)]
+    return flags
+
+
+def run_layout(model, base, tp, pp, dp, vpp_layers, save_dir):
+    """(history of rank 0, merged full weights) of one training run."""
+    argv = base + layout_flags(tp, pp, vpp_layers) + ["--save", str(save_dir)]
+    histories = run_distributed(_train, tp * pp * dp, model, argv, timeout=240)
+    return histories[0], cc.load_merged(str(save_dir)).model
+
+
+def initial_weights(model: str, merged_args, vocab: int) -> Dict[str, torch.Tensor]:
+    """The full weights every layout starts from (initialisation is keyed by global names)."""
+    from megatron.core.models import BertModel, GPTModel
+
+    config = cc.transformer_config(merged_args, cc.Layout(1, 1))
+    cls = GPTModel if model == "gpt" else BertModel
+    net = cls(config, vocab, merged_args["model"]["max_position_embeddings"])
+    net.initialize(merged_args["training"]["seed"])
+    return {k: v.detach() for k, v in net.state_dict().items()}
+
+
+# ---- references (single process) -------------------------------------------------------------
+@pytest.fixture(scope="module")
+def bert_base(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bert_data")
+    write_bert_corpus(str(root / "corpus"))
+    data = ["--data-path", str(root / "corpus"), "--data-cache-path", str(root / "cache")]
+    return COMMON + ["--seq-length", "32", "--split", "100,0,0"] + data
+
+
+@pytest.fixture(scope="module")
+def references(tmp_path_factory, bert_base):
+    """{(model, optimizer): (history, full weights, initial weights)}, computed on first use."""
+    cache = {}
+
+    def get(model: str, optimizer: str):
+        key = (model, optimizer)
+        if key not in cache:
+            base = (GPT_ARGS if model == "gpt" else bert_base) + (
+                SGD if optimizer == "sgd" else ADAM
+            )
+            save = tmp_path_factory.mktemp(f"ref_{model}_{optimizer}")
+            history, weights = run_layout(model, base, 1, 1, 1, None, save)
+            merged = cc.load_merged(str(save))
+            init = initial_weights(model, merged.args, merged.padded_vocab_size)
+            cache[key] = (base, history, weights, init)
+        return cache[key]
+
+    return get
+
+
+def assert_same_training(ref, got, init, what: str) -> None:
+    ref_hist, ref_w = ref
+    hist, weights = got
+    assert [h["iteration"] for h in hist] == list(range(1, ITERS + 1)), what
+    for key in [k for k in ref_hist[0] if "loss" in k] + ["grad_norm"]:
+        expect = [h[key] for h in ref_hist]
+        actual = [h[key] for h in hist]
+        np.testing.assert_allclose(actual, expect, rtol=1e-5, err_msg=f"{what}: {key}")
+    assert list(weights) == list(ref_w), f"{what}: parameter names differ"
+    for name, w in weights.items():
+        moved_ref = ref_w[name] - init[name]
+        moved = w - init[name]
+        scale = moved_ref.abs().max().item()
+        assert scale > 0, f"{what}: {name} did not train"
+        # fp32 weights round every step: the update is known to a few ulp of the weight.
+        ulp = 2 * torch.finfo(torch.float32).eps * ref_w[name].abs().max().item()
+        torch.testing.assert_close(
+            moved,
+            moved_ref,
+            rtol=1e-5,
+            atol=1e-5 * scale + ulp,
+            msg=lambda m: f"{what}: {name} update differs: {m}",
+        )
+
+
+# ---- the matrix ------------------------------------------------------------------------------
+def _case(model, tp, pp, dp, vpp=None, optimizer="sgd", slow=True):
+    marks = [pytest.mark.slow] if slow else []
+    name = f"{model}-tp{tp}-pp{pp}-dp{dp}" + (f"-vpp{vpp}" if vpp else "") + f"-{optimizer}"
+    return pytest.param(model, tp, pp, dp, vpp, optimizer, marks=marks, id=name)
+
+
+FAST = {
+    ("gpt", 2, 2, 2, None, "sgd"),
+    ("gpt", 1, 2, 1, 1, "sgd"),
+    ("gpt", 2, 2, 1, None, "adam"),
+    ("bert", 2, 2, 1, None, "sgd"),
+}
+CASES = []
+for _model in ("gpt", "bert"):
+    for _tp in (1, 2):
+        for _pp in (1, 2):
+            for _dp in (1, 2):
+                if (_tp, _pp, _dp) != (1, 1, 1):
+                    CASES.append((_model, _tp, _pp, _dp, None, "sgd"))
+    CASES.append((_model, 1, 2, 1, 1, "sgd"))  # interleaved: 2 virtual stages of 1 layer
+    CASES.append((_model, 2, 2, 2, 1, "sgd"))
+CASES.append(("gpt", 2, 2, 1, None, "adam"))
+CASES.append(("gpt", 1, 1, 2, None, "adam"))
+PARAMS = [_case(*c, slow=c not in FAST) for c in CASES]
+
+
+@pytest.mark.parametrize("model,tp,pp,dp,vpp,optimizer", PARAMS)
+def test_layout_matches_single_process(references, tmp_path, model, tp, pp, dp, vpp, optimizer):
+    base, ref_hist, ref_w, init = references(model, optimizer)
+    got = run_layout(model, base, tp, pp, dp, vpp, tmp_path)
+    assert_same_training(
+        (ref_hist, ref_w), got, init, f"{model} TP{tp} PP{pp} DP{dp} VPP-layers {vpp}"
+    )
