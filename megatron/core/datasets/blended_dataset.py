@@ -1,9 +1,9 @@
 """Weighted blend of several datasets (`--data-path 0.3 a 0.7 b`).
 
 Sample i of the blend is sample dataset_sample_index[i] of dataset dataset_index[i]; both arrays
-come from `helpers.build_blending_indices` (greedy: each sample goes to the dataset furthest below
-its target share), so every prefix of the blend follows the weights to within about one sample
-per dataset, and each dataset is read in its own (already shuffled) order. The two arrays are
+come from `helpers.build_blending_indices` (each sample goes to the eligible dataset whose next
+sample is due first), so every prefix of n samples holds within one sample of weight * n for
+every dataset, and each dataset is read in its own (already shuffled) order. The two arrays are
 cached like the GPT indices (utils.IndexCache).
 """
 

@@ -202,10 +202,14 @@ def build_blending_indices(
         backend: "auto" (C++ when built), "cpp" or "python".
 
     Returns:
-        (dataset_index int16 [size], dataset_sample_index int64 [size]). Sample i goes to the
-        dataset d maximising weights[d] * max(i, 1) - count[d] (the first on ties), and
-        dataset_sample_index[i] is count[d] before it is incremented, so each dataset is read
-        in order 0, 1, 2, ... and dataset d's share stays within about one sample of weights[d].
+        (dataset_index int16 [size], dataset_sample_index int64 [size]). With weights w
+        normalised to sum 1 and delta = 1 / (2 (D - 1)), sample n (1-based) goes, among the
+        datasets with w[d] * n - count[d] >= delta, to the one whose next sample is due first
+        (smallest (count[d] + 1 - delta) / w[d], first on ties): Tijdeman's solution of the
+        chairman assignment problem, which keeps every prefix within 1 - delta < 1 sample of
+        w[d] * n for every dataset. (Megatron's greedy rule, the largest w[d] * max(i, 1) -
+        count[d], drifts up to ~1.6 samples with three or more datasets.) dataset_sample_index[i]
+        is count[d] before it is incremented, so each dataset is read in order 0, 1, 2, ...
     """
     module = _resolve(backend)
     weights = np.ascontiguousarray(weights, dtype=np.float64)
@@ -233,18 +237,26 @@ def build_blending_indices_py(weights: np.ndarray, size: int) -> Tuple[np.ndarra
             f"build_blending_indices: weights[{bad}] = {weights[bad]} is not a finite "
             "non-negative number"
         )
-    w = weights.tolist()  # Python floats: the same IEEE doubles as the C++ loop, faster per item
+    total = float(weights.sum())
+    if not total > 0.0:
+        raise ValueError("build_blending_indices: the weights sum to 0")
+    w = (weights / total).tolist()  # Python floats: the same IEEE doubles as the C++ loop
     counts = [0] * len(w)
-    datasets = range(len(w))
+    num = len(w)
+    delta = 1.0 / (2.0 * (num - 1)) if num > 1 else 0.0
+    eligible = delta - 1e-9
     dataset_index = np.empty(size, dtype=np.int16)
     dataset_sample_index = np.empty(size, dtype=np.int64)
     for i in range(size):
-        position = float(max(i, 1))
-        best, best_error = 0, -np.inf
-        for d in datasets:
-            error = w[d] * position - counts[d]
-            if error > best_error:
-                best, best_error = d, error
+        n = float(i + 1)
+        best, best_deadline = -1, float("inf")
+        for d in range(num):
+            if w[d] <= 0.0 or w[d] * n - counts[d] < eligible:
+                continue
+            deadline = (counts[d] + 1.0 - delta) / w[d]
+            if deadline < best_deadline:
+                best, best_deadline = d, deadline
+        best = max(best, 0)
         dataset_index[i] = best
         dataset_sample_index[i] = counts[best]
         counts[best] += 1
