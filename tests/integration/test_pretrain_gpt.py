@@ -100,3 +100,16 @@ def test_mixed_precision_trains_on_cpu(precision):
         assert history[-1]["update_successful"]
     else:
         assert st.skipped_iterations == 0
+
+
+def test_tensorboard_scalars(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run(TINY + ["--train-iters", "3", "--tensorboard-dir", str(tmp_path), "--log-validation-ppl-to-tensorboard",
+                "--eval-interval", "3"])
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"lm loss", "learning-rate", "grad-norm", "lm loss validation"} <= tags
+    assert [e.step for e in acc.Scalars("lm loss")] == [1, 2, 3]

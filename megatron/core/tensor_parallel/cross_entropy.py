@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from .mappings import all_reduce_tensor, group_rank
+import torch.nn.functional as F
+
+from .mappings import all_reduce_tensor, group_rank, group_size
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
@@ -50,4 +52,8 @@ def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, gro
     """Per-token loss [s, b] (fp32) of `logits` [s, b, v/tp] sharded over `group` (None = whole)."""
     if target.shape != logits.shape[:-1]:
         raise ValueError(f"target shape {tuple(target.shape)} != logits shape {tuple(logits.shape[:-1])}")
+    if group_size(group) == 1:
+        # Whole vocabulary on this rank: torch's fused log-softmax + NLL is faster.
+        flat = logits.float().reshape(-1, logits.shape[-1])
+        return F.cross_entropy(flat, target.reshape(-1), reduction="none").view(target.shape)
     return _VocabParallelCrossEntropy.apply(logits, target, group)
