@@ -221,7 +221,9 @@ def build_dataset(args, is_built_on_rank=None, synchronize=None):
     dataset = datasets[Split[args.split_name].value]
     if dataset is None:
         raise ValueError(f"the {args.split_name} split is empty; check --split and --data-path")
-    vocab_size = args.vocab_size or (tokenizer.vocab_size if tokenizer is not None else None)
+    # The tokenizer's size (NullTokenizer: --vocab-size + 1 for its end-of-document id), as in
+    # training; --vocab-size alone only when no tokenizer is given.
+    vocab_size = tokenizer.vocab_size if tokenizer is not None else args.vocab_size
     return dataset, vocab_size
 
 

@@ -191,10 +191,41 @@ class DataEfficiency:
             from megatron.core.data_efficiency.analysis import blended_metric_values
 
             values = {name: blended_metric_values(dataset, name) for name in self.dataset_metric_names()}
+        self._check_analysis_matches(dataset)
         self.sampler = CurriculumSampler(
             self.ds.data_efficiency, len(dataset), micro_batch_size, self.dp_rank, dp_size, global_batch_at, values,
         )
         return self.sampler
+
+    def _check_analysis_matches(self, dataset) -> None:
+        """Analysis files made by tools/analyze_data.py record which dataset (path, split, seed,
+        sequence length, sample order) they describe; refuse files of another dataset, whose
+        sample ids would silently point at other samples."""
+        import json
+        import os
+
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+        ours = getattr(dataset, "unique_description", None)
+        for name, metric in self.curriculum.curriculum_metrics.items():
+            path = metric.index_to_sample_path or ""
+            if not metric.filters_samples or not IndexedDataset.exists(path):
+                continue
+            stem = os.path.basename(path).split("_index_to_sample")[0]
+            info_path = os.path.join(os.path.dirname(path), f"{stem}_analysis.json")
+            if not os.path.isfile(info_path) or ours is None:
+                logger.info("curriculum metric %s: %s has no dataset record; not checked", name, path)
+                continue
+            with open(info_path, encoding="utf-8") as f:
+                theirs = json.load(f).get("fingerprint", {}).get("source", {}).get("dataset")
+            canonical = lambda d: json.dumps(d, sort_keys=True, default=str)  # noqa: E731
+            if theirs is not None and canonical(theirs) != canonical(ours):
+                raise ValueError(
+                    f"curriculum metric {name}: {path} was analysed on another dataset than this run's "
+                    f"training split ({info_path} records {theirs}, this run has {ours}); re-run "
+                    "tools/analyze_data.py with the training run's --data-path, --split, --seq-length, "
+                    "--seed and sample count"
+                )
 
     # ---- checkpoints -----------------------------------------------------------------------
     def state_dict(self, iteration: int) -> Optional[Dict[str, Any]]:

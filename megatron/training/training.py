@@ -480,6 +480,10 @@ def pretrain(
     de_state = _load(run, rt, st, model, optimizer, scheduler) if run.checkpoint.load else None
     gbs = run.training.global_batch_size
     num_samples = [n_train, run.training.eval_iters * gbs, run.training.eval_iters * gbs]
+    if rt.data_efficiency.curriculum is not None and run.data.train_data_exact_num_epochs:
+        # The seed's curriculum workflow: the train split holds exactly these epochs (what the
+        # analysis saw) and the curriculum sampler cycles over it for data_sampling.num_epochs.
+        num_samples[0] = None
     train_ds, valid_ds, test_ds = datasets_provider(run, rt, num_samples)
     cyclic = run.training.dataloader_type == "cyclic"
     sampler = None

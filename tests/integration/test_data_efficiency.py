@@ -197,3 +197,28 @@ def test_bert_curriculum_and_random_ltd(tmp_path, bert_data):
     assert seqlens[0] == 24 and seqlens[-1] == 64 and seqlens == sorted(seqlens)  # 16 + 48/5 -> 24
     assert all(s % 8 == 0 for s in seqlens)
     assert all(np.isfinite(h["lm loss"]) for h in history)
+
+
+def _analyze(gpt_data, save, seed, samples):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "tools/analyze_data.py", "--metric", "vocab_rarity", "--save", str(save),
+           "--dataset-type", "GPT", "--data-path", gpt_data, "--split", "90,10,0", "--seq-length", str(SEQ),
+           "--seed", str(seed), "--train-samples", str(samples), "--tokenizer-type", "NullTokenizer",
+           "--vocab-size", str(VOCAB - 1)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return str(save / "vocab_rarity" / "vocab_rarity_index_to_sample_percentile_merged")
+
+
+def test_analysis_files_are_used_and_checked_against_the_dataset(tmp_path, gpt_data):
+    good = _analyze(gpt_data, tmp_path / "good", seed=3, samples=32)
+    metric = _metric("voc", "schedule_based", 1, 100, 6, 1, "fixed_root", "percentile", path=good)
+    cfg = ds_config(tmp_path, ltd=False, metrics={"voc": metric})
+    st, hist = run_gpt(gpt_args(gpt_data, ["--train-iters", "4", "--deepspeed_config", cfg]))
+    assert [h["difficulty voc"] for h in hist] == sorted(h["difficulty voc"] for h in hist)
+    other = _analyze(gpt_data, tmp_path / "other", seed=4, samples=32)  # another shuffle
+    metric["index_to_sample_path"] = other
+    bad = ds_config(tmp_path, ltd=False, metrics={"voc": metric})
+    with pytest.raises(ValueError, match="analysed on another dataset"):
+        run_gpt(gpt_args(gpt_data, ["--train-iters", "4", "--deepspeed_config", bad]))
