@@ -22,7 +22,6 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.core.models import GPTModel  # noqa: E402
-from megatron.core.models.common import pad_vocab_size  # noqa: E402
 from megatron.core.transformer import TransformerConfig  # noqa: E402
 from megatron.tokenizer import TokenizerConfig, build_tokenizer  # noqa: E402
 from megatron.training import checkpointing as ckpt  # noqa: E402

@@ -11,7 +11,7 @@ import argparse
 import dataclasses
 import logging
 import os
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 

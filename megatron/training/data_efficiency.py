@@ -17,8 +17,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Iterator, Optional, Tuple
 
-import torch
-
 from megatron.core.data_efficiency.config import SEQLEN_RESHAPE, SEQLEN_TRUNCATE, DeepSpeedConfig, load_deepspeed_config
 from megatron.core.data_efficiency.pacing import curriculum_difficulties, random_ltd_effective_seqlen, random_ltd_value
 from megatron.core.data_efficiency.random_ltd.routing import RandomLTDState, check_random_ltd_config

@@ -12,10 +12,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
 import signal
 import time
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 import torch.distributed as dist

@@ -104,7 +104,7 @@ def test_custom_schedule_by_name_and_callable():
     "target,match",
     [
         ("no_such_module_xyz:f", "cannot import 'no_such_module_xyz'"),
-        ("tests.unit.test_pacing:missing", "has no 'missing'"),
+        ("tests.unit.test_pacing:missing", "has no attribute 'missing'"),
         ("tests.unit.test_pacing:pytest.__name__", "not callable"),
     ],
 )

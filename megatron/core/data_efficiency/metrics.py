@@ -49,7 +49,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
-import importlib
 import logging
 import math
 import os
@@ -65,6 +64,8 @@ from megatron.core.data_efficiency.metrics_kernels import (
 )
 from megatron.core.datasets.indexed_dataset import IndexedDataset, data_file_path
 from megatron.core.datasets.token_counts import load_token_counts, token_counts_path
+
+from .user_functions import load_function
 
 logger = logging.getLogger(__name__)
 
@@ -387,21 +388,7 @@ def parse_metric_spec(spec: Union[str, MetricSpec]) -> MetricSpec:
 
 def load_callable(target: str) -> Callable:
     """The function named by "package.module:function" (dots after ':' walk attributes)."""
-    module_name, _, attr = target.partition(":")
-    try:
-        obj = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(
-            f"cannot import {module_name!r} for metric function {target!r} ({exc}); is it on "
-            "PYTHONPATH?"
-        ) from exc
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ValueError(f"{module_name!r} has no attribute {attr!r} (metric {target!r})")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ValueError(f"metric function {target!r} is a {type(obj).__name__}, not callable")
-    return obj
+    return load_function(target, "metric function")
 
 
 def build_metric(spec: Union[str, MetricSpec], context: MetricContext) -> Metric:

@@ -28,10 +28,9 @@ exactly DeepSpeed's fixed_linear random-LTD scheduler.
 from __future__ import annotations
 
 import bisect
-import importlib
 import logging
 import math
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from megatron.core.data_efficiency.config import (
     ConfigError,
@@ -40,6 +39,8 @@ from megatron.core.data_efficiency.config import (
     RandomLTDConfig,
     RandomLTDScheduleConfig,
 )
+
+from .user_functions import load_function
 
 logger = logging.getLogger(__name__)
 
@@ -73,23 +74,7 @@ def load_schedule_function(target: str) -> Callable[[int], Number]:
     Raises:
         ConfigError: the module cannot be imported, lacks the attribute, or it is not callable.
     """
-    module_name, _, attr = target.partition(":")
-    if not module_name or not attr:
-        raise ConfigError(f"custom schedule {target!r}: use 'package.module:function'")
-    try:
-        obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(
-            f"custom schedule {target!r}: cannot import {module_name!r} ({exc}); is it on "
-            "PYTHONPATH?"
-        ) from exc
-    for part in attr.split("."):
-        if not hasattr(obj, part):
-            raise ConfigError(f"custom schedule {target!r}: {module_name!r} has no {attr!r}")
-        obj = getattr(obj, part)
-    if not callable(obj):
-        raise ConfigError(f"custom schedule {target!r} is a {type(obj).__name__}, not callable")
-    return obj
+    return load_function(target, "custom schedule", ConfigError)
 
 
 def _custom_function(schedule: DifficultySchedule) -> Callable[[int], Number]:

@@ -10,7 +10,7 @@ RNG stream, which stays free for dropout.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable, Iterable, Tuple
+from typing import Iterable, Tuple
 
 import torch
 
