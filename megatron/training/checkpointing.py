@@ -241,3 +241,26 @@ def restore_rng(sd: Dict[str, Any], pstate, rng_tracker) -> None:
         return
     idx = pstate.dp_rank if pstate.dp_rank < len(states) else 0
     set_rng_state(states[idx], rng_tracker)
+
+
+# Architecture options --use-checkpoint-args takes from the checkpoint (Megatron's set).
+CHECKPOINT_ARCH_FIELDS = {
+    "transformer": (
+        "num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "kv_channels", "normalization",
+        "layernorm_epsilon", "add_bias_linear", "swiglu", "position_embedding_type", "rotary_percent", "rotary_base",
+    ),
+    "model": ("max_position_embeddings", "make_vocab_size_divisible_by", "untie_embeddings_and_output_weights"),
+}
+
+
+def stored_args(root: str, step: Optional[int] = None) -> Dict[str, Any]:
+    """The run options stored in a checkpoint (read from its first shard, tensors memory-mapped)."""
+    iteration, release = (step, False) if step is not None else read_tracker(root)
+    if iteration is None:
+        raise FileNotFoundError(f"--use-checkpoint-args: no {TRACKER_FILENAME} in --load {root}")
+    folder = checkpoint_dir(root, iteration, release)
+    shards = sorted(d for d in os.listdir(folder) if d.startswith("mp_rank_")) if os.path.isdir(folder) else []
+    if not shards:
+        raise FileNotFoundError(f"--use-checkpoint-args: {folder} holds no mp_rank_* shard")
+    path = os.path.join(folder, shards[0], "model_optim_rng.pt")
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=True)["args"]

@@ -443,6 +443,24 @@ def _load(run, rt, st, model, optimizer, scheduler):
     return sd.get("data_efficiency")
 
 
+def _use_checkpoint_args(run: RunConfig) -> None:
+    """--use-checkpoint-args: take the architecture (and the tokenizer, when none is given) from
+    the checkpoint in --load, so a run can resume or fine-tune without repeating model flags."""
+    from megatron.tokenizer.config import TokenizerConfig
+
+    if not run.checkpoint.load:
+        raise SystemExit("error: --use-checkpoint-args needs --load")
+    stored = ckpt.stored_args(run.checkpoint.load, run.checkpoint.ckpt_step)
+    changes = {f: stored["transformer"][f] for f in ckpt.CHECKPOINT_ARCH_FIELDS["transformer"] if f in stored["transformer"]}
+    run.transformer = dataclasses.replace(run.transformer, **changes)
+    for f in ckpt.CHECKPOINT_ARCH_FIELDS["model"]:
+        if f in stored.get("model", {}):
+            setattr(run.model, f, stored["model"][f])
+    if run.tokenizer is None and stored.get("tokenizer"):
+        run.tokenizer = TokenizerConfig(**stored["tokenizer"])
+    logger.info("--use-checkpoint-args: architecture from %s: %s", run.checkpoint.load, changes)
+
+
 def pretrain(
     datasets_provider: Callable,
     model_provider: Callable,
@@ -462,6 +480,8 @@ def pretrain(
     Returns the final counters; pass a list as `history` to collect one dict per iteration.
     """
     run = parse_args(argv, extra_args_provider, args_defaults)
+    if run.checkpoint.use_checkpoint_args:
+        _use_checkpoint_args(run)
     calc = MicroBatchCalculator(
         run.training.global_batch_size, run.training.micro_batch_size, run.data_parallel_size, run.training.rampup_batch_size
     )

@@ -222,3 +222,20 @@ def test_analysis_files_are_used_and_checked_against_the_dataset(tmp_path, gpt_d
     bad = ds_config(tmp_path, ltd=False, metrics={"voc": metric})
     with pytest.raises(ValueError, match="analysed on another dataset"):
         run_gpt(gpt_args(gpt_data, ["--train-iters", "4", "--deepspeed_config", bad]))
+
+
+def test_layer_token_lr_schedule_with_bf16(tmp_path, gpt_data):
+    path = ds_config(tmp_path, curriculum=False)
+    cfg = json.loads(open(path).read())
+    warmup = 10**6
+    cfg["data_efficiency"]["data_routing"]["random_ltd"]["layer_token_lr_schedule"] = {
+        "enabled": True, "total_layer_tokens": 10 * warmup, "warmup_type": "linear", "warmup_layer_tokens": warmup,
+    }
+    open(path, "w").write(json.dumps(cfg))
+    _, hist = run_gpt(gpt_args(gpt_data, ["--train-iters", "4", "--deepspeed_config", path, "--bf16"]))
+    layer_tokens = 0
+    for h in hist:  # lr after step k = 2e-3 * (layer-tokens consumed so far) / warmup
+        k = h["random-LTD kept tokens"]
+        layer_tokens += 8 * (SEQ * 2 + k * 2)
+        assert h["lr"] == pytest.approx(2e-3 * layer_tokens / warmup)
+    assert all(np.isfinite(h["lm loss"]) for h in hist)

@@ -123,3 +123,15 @@ def test_resume_is_exact_with_loader_workers(tmp_path):
     resumed = []
     run(TINY + ["--train-iters", "4", "--load", str(tmp_path), "--num-workers", "1"], resumed)
     assert [h["lm loss"] for h in resumed] == [h["lm loss"] for h in straight[2:]]
+
+
+def test_use_checkpoint_args_takes_the_architecture(tmp_path):
+    arch = ["--hidden-size", "48", "--ffn-hidden-size", "96", "--lr-warmup-iters", "1"]
+    run(TINY + ["--train-iters", "3", "--exit-interval", "2", "--save", str(tmp_path)] + arch)
+    history = []
+    # Without --use-checkpoint-args the default architecture does not match the checkpoint.
+    with pytest.raises(ValueError, match="does not match the model|has shape"):
+        run(TINY + ["--train-iters", "3", "--lr-warmup-iters", "1", "--load", str(tmp_path)])
+    st = run(TINY + ["--train-iters", "3", "--lr-warmup-iters", "1", "--load", str(tmp_path), "--use-checkpoint-args"],
+             history)
+    assert st.iteration == 3 and [h["iteration"] for h in history] == [3]

@@ -71,3 +71,15 @@ def test_errors():
         _sched("linear", max_lr=0.1, min_lr=1.0)
     with pytest.raises(ValueError, match="decay span"):
         OptimizerParamScheduler(types.SimpleNamespace(param_groups=[{}]), 1.0, 0.0, "cosine", 0, None)
+
+
+def test_layer_token_schedule_takes_precedence():
+    groups = [{"lr": 0.0}]
+    s = OptimizerParamScheduler(types.SimpleNamespace(param_groups=groups), 1.0, 0.0, "linear", 8, 100,
+                                warmup_layer_tokens=1000, decay_layer_tokens=11000)
+    s.step(50, 0, 500)  # halfway through the samples, but what counts are layer-tokens
+    assert groups[0]["lr"] == pytest.approx(0.5)
+    s.step(0, 0, 5500)  # 6000 of 11000: half of the decay span after warmup
+    assert groups[0]["lr"] == pytest.approx(0.5)
+    sd = s.state_dict()
+    assert sd["num_layer_tokens"] == 6000 and sd["decay_layer_tokens"] == 11000
