@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import functools
 import unicodedata
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -38,15 +39,43 @@ MAX_WORD_CHARS = 100
 
 CONTINUATION_PREFIX = "##"
 
-_CONTROL = regex.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd\p{Cf}]+")
-_COMBINING_MARKS = regex.compile(r"\p{Mn}+")
-_PUNCT = r"\x21-\x2f\x3a-\x40\x5b-\x60\x7b-\x7e\p{P}"
 _CJK = (
     r"\u4e00-\u9fff\u3400-\u4dbf\uf900-\ufaff\U00020000-\U0002a6df\U0002a700-\U0002b73f"
     r"\U0002b740-\U0002b81f\U0002b820-\U0002ceaf\U0002f800-\U0002fa1f"
 )
-# One punctuation char, one CJK ideograph, or a run of anything else that is not whitespace.
-_WORDS = regex.compile(rf"[{_PUNCT}]|[{_CJK}]|[^\s{_PUNCT}{_CJK}]+")
+_PUNCT_CATEGORIES = frozenset({"Pc", "Pd", "Ps", "Pe", "Pi", "Pf", "Po"})
+
+
+@functools.lru_cache(maxsize=None)
+def _category_classes() -> Dict[str, str]:
+    """Regex class bodies of the code points in the Cf, Mn and P* categories of Python's own
+    Unicode tables (`unicodedata`, what Google's and Megatron's BERT tokenizers consult). The
+    `regex` package's \\p{..} classes follow whatever Unicode version that package ships, so ids
+    would change with its version (e.g. U+05C9, unassigned in Unicode 14, is Mn in newer tables)."""
+    wanted = {"Cf": "Cf", "Mn": "Mn", **{c: "P" for c in _PUNCT_CATEGORIES}}
+    ranges: Dict[str, List[Tuple[int, int]]] = {"Cf": [], "Mn": [], "P": []}
+    for cp in range(0x110000):
+        key = wanted.get(unicodedata.category(chr(cp)))
+        if key is None:
+            continue
+        spans = ranges[key]
+        if spans and spans[-1][1] == cp - 1:
+            spans[-1] = (spans[-1][0], cp)
+        else:
+            spans.append((cp, cp))
+    return {k: "".join(f"\\U{a:08x}-\\U{b:08x}" for a, b in v) for k, v in ranges.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _patterns():
+    """(control chars, combining marks, words) patterns, built once per process."""
+    cls = _category_classes()
+    punct = r"\x21-\x2f\x3a-\x40\x5b-\x60\x7b-\x7e" + cls["P"]
+    control = regex.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ufffd" + cls["Cf"] + "]+")
+    marks = regex.compile("[" + cls["Mn"] + "]+")
+    # One punctuation char, one CJK ideograph, or a run of anything else that is not whitespace.
+    words = regex.compile(rf"[{punct}]|[{_CJK}]|[^\s{punct}{_CJK}]+")
+    return control, marks, words
 
 
 def load_wordpiece_vocab(path: str) -> Dict[str, int]:
@@ -60,7 +89,8 @@ def load_wordpiece_vocab(path: str) -> Dict[str, int]:
 
 def basic_tokenize(text: str, lower_case: bool) -> List[str]:
     """The BERT basic tokenizer: cleaned, optionally lower-cased, accent-stripped words."""
-    text = _CONTROL.sub("", text)
+    control, marks, words = _patterns()
+    text = control.sub("", text)
     if lower_case:
         if text.isascii():
             text = text.lower()
@@ -68,8 +98,8 @@ def basic_tokenize(text: str, lower_case: bool) -> List[str]:
             # Lower-case character by character, as the HF `tokenizers` backend does: str.lower()
             # alone would turn a word-final capital sigma into final sigma (U+03C2).
             text = text.replace("\u03a3", "\u03c3").lower()
-            text = _COMBINING_MARKS.sub("", unicodedata.normalize("NFD", text))
-    return _WORDS.findall(text)
+            text = marks.sub("", unicodedata.normalize("NFD", text))
+    return words.findall(text)
 
 
 class WordPieceEncoder:
