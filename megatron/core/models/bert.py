@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from ..parallel_state import ParallelState
-from ..tensor_parallel import initialize_parameters, vocab_parallel_cross_entropy
+from ..tensor_parallel import vocab_parallel_cross_entropy
 from ..tensor_parallel.layers import ColumnParallelLinear, mark_tensor_parallel, parallel_lm_logits, set_init
 from ..tensor_parallel.mappings import gather_from_sequence_parallel_region, gather_from_tensor_parallel_region, group_size
 from ..transformer.block import TransformerBlock
 from ..transformer.config import TransformerConfig
 from ..transformer.norm import build_norm
-from .common import LanguageModelEmbedding, global_named_parameters
+from .common import LanguageModelChunk, LanguageModelEmbedding
 from .gpt import WORD_EMBEDDINGS
 
 
@@ -42,7 +42,7 @@ class BertLMHead(torch.nn.Module):
         return self.layernorm(F.gelu(self.dense(hidden)))
 
 
-class BertModel(torch.nn.Module):
+class BertModel(LanguageModelChunk):
     """One pipeline chunk of a BERT model.
 
     Args:
@@ -99,24 +99,6 @@ class BertModel(torch.nn.Module):
         if pre_process and not post_process:
             self.embedding.word_embeddings.weight.shared_embedding = True
         self._input_tensor: Optional[torch.Tensor] = None
-
-    def set_input_tensor(self, input_tensor) -> None:
-        """Activations [s, b, h] from the previous pipeline stage for the next forward (see
-        GPTModel.set_input_tensor)."""
-        if isinstance(input_tensor, (list, tuple)):
-            (input_tensor,) = input_tensor
-        self._input_tensor = input_tensor
-
-    def initialize(self, seed: int, generator_device: str = "cpu") -> None:
-        """Layout-independent init of every parameter (see tensor_parallel.init)."""
-        initialize_parameters(
-            global_named_parameters(self), seed, self.pstate.tp_rank, self.pstate.tp_size, generator_device
-        )
-
-    def output_weight(self) -> torch.Tensor:
-        if self.output_layer is not None:
-            return self.output_layer.weight
-        return self.embedding.word_embeddings.weight
 
     def forward(
         self,

@@ -9,6 +9,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..tensor_parallel.init import initialize_parameters
 from ..tensor_parallel.layers import VocabParallelEmbedding, set_init
 from ..tensor_parallel.mappings import scatter_to_sequence_parallel_region
 from ..transformer.config import TransformerConfig
@@ -107,3 +108,34 @@ def global_named_parameters(model: torch.nn.Module) -> Iterator[Tuple[str, torch
             global_idx = layers[int(m.group(1))].layer_number - 1
             name = f"decoder.layers.{global_idx}." + name[m.end():]
         yield name, p
+
+
+class LanguageModelChunk(torch.nn.Module):
+    """What GPT and BERT chunks share: pipeline input, initialisation, the output weight.
+
+    Subclasses set `pstate`, `embedding` (first stage) and `output_layer` (a separate output
+    projection, or None when the last stage reuses the word embeddings).
+    """
+
+    def set_input_tensor(self, input_tensor) -> None:
+        """Activations [s, b, h] from the previous pipeline stage for the next forward.
+
+        The pipeline schedules call this before each forward of a chunk that is not the first
+        stage; forward uses it when no `hidden_input` is passed. None clears it. A one-element
+        list (Megatron's calling convention) is accepted.
+        """
+        if isinstance(input_tensor, (list, tuple)):
+            (input_tensor,) = input_tensor
+        self._input_tensor = input_tensor
+
+    def initialize(self, seed: int, generator_device: str = "cpu") -> None:
+        """Layout-independent init of every parameter (see tensor_parallel.init)."""
+        initialize_parameters(
+            global_named_parameters(self), seed, self.pstate.tp_rank, self.pstate.tp_size, generator_device
+        )
+
+    def output_weight(self) -> torch.Tensor:
+        """The weight that maps hidden states to this rank's vocabulary shard of logits."""
+        if self.output_layer is not None:
+            return self.output_layer.weight
+        return self.embedding.word_embeddings.weight

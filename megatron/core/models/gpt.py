@@ -7,18 +7,18 @@ from typing import Optional
 import torch
 
 from ..parallel_state import ParallelState
-from ..tensor_parallel import initialize_parameters, vocab_parallel_cross_entropy
+from ..tensor_parallel import vocab_parallel_cross_entropy
 from ..tensor_parallel.layers import ColumnParallelLinear, parallel_lm_logits
 from ..tensor_parallel.mappings import gather_from_tensor_parallel_region
 from ..transformer.block import TransformerBlock
 from ..transformer.config import TransformerConfig
 from ..transformer.rotary import RotaryEmbedding
-from .common import LanguageModelEmbedding, global_named_parameters
+from .common import LanguageModelChunk, LanguageModelEmbedding
 
 WORD_EMBEDDINGS = "embedding.word_embeddings.weight"
 
 
-class GPTModel(torch.nn.Module):
+class GPTModel(LanguageModelChunk):
     """One pipeline chunk of a GPT model.
 
     Args:
@@ -81,29 +81,6 @@ class GPTModel(torch.nn.Module):
         if share_embeddings_and_output_weights and pre_process and not post_process:
             self.embedding.word_embeddings.weight.shared_embedding = True
         self._input_tensor: Optional[torch.Tensor] = None
-
-    def set_input_tensor(self, input_tensor) -> None:
-        """Activations [s, b, h] from the previous pipeline stage for the next forward.
-
-        The pipeline schedules call this before each forward of a chunk that is not the first
-        stage; forward uses it when no `hidden_input` is passed. None clears it. A one-element
-        list (Megatron's calling convention) is accepted.
-        """
-        if isinstance(input_tensor, (list, tuple)):
-            (input_tensor,) = input_tensor
-        self._input_tensor = input_tensor
-
-    def initialize(self, seed: int, generator_device: str = "cpu") -> None:
-        """Layout-independent init of every parameter (see tensor_parallel.init)."""
-        initialize_parameters(
-            global_named_parameters(self), seed, self.pstate.tp_rank, self.pstate.tp_size, generator_device
-        )
-
-    def output_weight(self) -> torch.Tensor:
-        """The weight that maps hidden states to this rank's vocabulary shard of logits."""
-        if self.output_layer is not None:
-            return self.output_layer.weight
-        return self.embedding.word_embeddings.weight
 
     def forward(
         self,
