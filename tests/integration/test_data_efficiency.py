@@ -239,3 +239,32 @@ def test_layer_token_lr_schedule_with_bf16(tmp_path, gpt_data):
         layer_tokens += 8 * (SEQ * 2 + k * 2)
         assert h["lr"] == pytest.approx(2e-3 * layer_tokens / warmup)
     assert all(np.isfinite(h["lm loss"]) for h in hist)
+
+
+def _bert_body(rank, world_size, argv):
+    import torch
+
+    torch.set_num_threads(1)
+    history = []
+    pretrain(pretrain_bert.datasets_provider, pretrain_bert.model_provider, pretrain_bert.forward_step,
+             argv=argv, model_type="bert", history=history)
+    return [(h["lm loss"], h["curriculum seqlen"]) for h in history]
+
+
+@pytest.mark.slow
+def test_bert_curriculum_under_pipeline_parallelism(tmp_path, bert_data):
+    prefix, vocab = bert_data
+    metrics = {"seqlen_truncate": _metric("seqlen_truncate", "single_cluster", 16, 64, 4, 8)}
+    cfg = ds_config(tmp_path, ltd=True, layers=4, seq=64, model_type="encoder", metrics=metrics)
+    argv = [
+        "--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "64",
+        "--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", "4", "--lr", "1e-3",
+        "--data-path", prefix, "--split", "90,10,0", "--tokenizer-type", "BertWordPieceLowerCase",
+        "--vocab-file", vocab, "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1",
+        "--num-workers", "0", "--deepspeed_config", cfg, "--hidden-dropout", "0", "--attention-dropout", "0",
+    ]
+    single = run_distributed(_bert_body, 1, argv, timeout=300)[0]
+    pp = run_distributed(_bert_body, 2, argv + ["--pipeline-model-parallel-size", "2"], timeout=300)
+    assert [s for _, s in pp[0]] == [s for _, s in single] == [24, 40, 48, 64]
+    for (a, _), (b, _) in zip(single, pp[1]):
+        assert a == pytest.approx(b, rel=1e-5)
