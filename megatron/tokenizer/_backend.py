@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+from typing import Dict, List, Sequence
 
+from .base import MegatronTokenizer
 from .config import TOKENIZER_BACKENDS
 
 
@@ -34,3 +36,35 @@ def resolve_backend(backend: str, tokenizer_name: str) -> str:
             "install it with `pip install tokenizers` or use backend 'python'"
         )
     return backend
+
+
+class TwoBackendTokenizer(MegatronTokenizer):
+    """A vocabulary-dict tokenizer with a pure-Python encoder and an optional HF fast path.
+
+    Subclasses set `_vocab` (token -> id), `_inv_vocab` (id -> token), `_python` (an object with
+    `encode(text) -> ids`) and `_hf` (an HF `tokenizers.Tokenizer`, or None for the Python path).
+    """
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self._vocab)
+
+    @property
+    def vocab(self) -> Dict[str, int]:
+        return self._vocab
+
+    @property
+    def inv_vocab(self) -> Dict[int, str]:
+        return self._inv_vocab
+
+    def tokenize(self, text: str) -> List[int]:
+        if self._hf is not None:
+            return self._hf.encode(text, add_special_tokens=False).ids
+        return self._python.encode(text)
+
+    def tokenize_batch(self, texts: Sequence[str]) -> List[List[int]]:
+        if self._hf is not None:
+            # Batch encode without special tokens; skip offset tracking when the API allows it.
+            fast = getattr(self._hf, "encode_batch_fast", None)
+            return [e.ids for e in (fast or self._hf.encode_batch)(list(texts), add_special_tokens=False)]
+        return [self._python.encode(text) for text in texts]

@@ -29,8 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import regex
 
-from ._backend import resolve_backend
-from .base import MegatronTokenizer
+from ._backend import TwoBackendTokenizer, resolve_backend
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +149,7 @@ class WordPieceEncoder:
         return list(itertools.chain.from_iterable([get(w) or encode_word(w) for w in words]))
 
 
-class BertWordPieceTokenizer(MegatronTokenizer):
+class BertWordPieceTokenizer(TwoBackendTokenizer):
     """BERT WordPiece from a vocab.txt.
 
     Args:
@@ -191,30 +190,6 @@ class BertWordPieceTokenizer(MegatronTokenizer):
             self._vocab[token] = idx
             self._inv_vocab[idx] = token
         return self._vocab[token]
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self._vocab)
-
-    @property
-    def vocab(self) -> Dict[str, int]:
-        return self._vocab
-
-    @property
-    def inv_vocab(self) -> Dict[int, str]:
-        return self._inv_vocab
-
-    def tokenize(self, text: str) -> List[int]:
-        if self._hf is not None:
-            return self._hf.encode(text, add_special_tokens=False).ids
-        return self._python.encode(text)
-
-    def tokenize_batch(self, texts: Sequence[str]) -> List[List[int]]:
-        if self._hf is not None:
-            texts = list(texts)
-            fast = getattr(self._hf, "encode_batch_fast", None)
-            return [e.ids for e in (fast or self._hf.encode_batch)(texts, add_special_tokens=False)]
-        return [self._python.encode(text) for text in texts]
 
     def detokenize(self, ids: Sequence[int]) -> str:
         """Tokens joined by spaces, "##" pieces glued to their word, common spaces removed

@@ -27,8 +27,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import regex
 
-from ._backend import resolve_backend
-from .base import MegatronTokenizer
+from ._backend import TwoBackendTokenizer, resolve_backend
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +163,7 @@ class BytePairEncoder:
         return data.decode("utf-8", errors="replace")
 
 
-class GPT2BPETokenizer(MegatronTokenizer):
+class GPT2BPETokenizer(TwoBackendTokenizer):
     """GPT-2 byte-level BPE from vocab.json + merges.txt.
 
     Args:
@@ -192,28 +191,6 @@ class GPT2BPETokenizer(MegatronTokenizer):
         self._hf = _build_hf_bpe(vocab_file, merge_file) if self.backend == "hf" else None
         logger.info("GPT2BPETokenizer: %d ids, backend %s", len(self._vocab), self.backend)
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self._vocab)
-
-    @property
-    def vocab(self) -> Dict[str, int]:
-        return self._vocab
-
-    @property
-    def inv_vocab(self) -> Dict[int, str]:
-        return self._inv_vocab
-
-    def tokenize(self, text: str) -> List[int]:
-        if self._hf is not None:
-            return self._hf.encode(text, add_special_tokens=False).ids
-        return self._python.encode(text)
-
-    def tokenize_batch(self, texts: Sequence[str]) -> List[List[int]]:
-        if self._hf is not None:
-            return _hf_encode_batch(self._hf, texts)
-        return [self._python.encode(text) for text in texts]
-
     def detokenize(self, ids: Sequence[int]) -> str:
         return self._python.decode(ids)
 
@@ -240,10 +217,3 @@ def _build_hf_bpe(vocab_file: str, merge_file: str):
     tok.decoder = decoders.ByteLevel()
     return tok
 
-
-def _hf_encode_batch(tok, texts: Sequence[str]) -> List[List[int]]:
-    """Batch encode without special tokens; skips offset tracking when the API allows it."""
-    texts = list(texts)
-    fast = getattr(tok, "encode_batch_fast", None)
-    encodings = (fast or tok.encode_batch)(texts, add_special_tokens=False)
-    return [e.ids for e in encodings]
