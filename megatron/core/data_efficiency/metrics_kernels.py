@@ -23,17 +23,15 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import logging
 from types import ModuleType
 from typing import List, Optional, Sequence
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
+from megatron.core.datasets.helpers import load_extension, resolve_extension
 
-BACKENDS = ("auto", "cpp", "python")
-"""Accepted `backend` arguments."""
+logger = logging.getLogger(__name__)
 
 _REFERENCE_CHUNK_TOKENS = 1 << 22
 """Tokens the numpy reference materialises at a time."""
@@ -135,22 +133,8 @@ class TokenPieces:
 
 @functools.lru_cache(maxsize=None)
 def _cpp_module() -> Optional[ModuleType]:
-    try:
-        module = importlib.import_module("megatron.core.datasets.helpers_cpp")
-    except ImportError as exc:
-        logger.warning(
-            "the C++ dataset helpers are not importable (%s); curriculum metrics use the slower "
-            "numpy reference. Build them with `python setup.py build_ext --inplace`.",
-            exc,
-        )
-        return None
-    if not hasattr(module, "token_table_sums"):
-        logger.warning(
-            "megatron.core.datasets.helpers_cpp has no token_table_sums (stale build); curriculum "
-            "metrics use the numpy reference. Rebuild with `pip install -e .`."
-        )
-        return None
-    return module
+    """The compiled metric kernels, or None (logging the reason once per process)."""
+    return load_extension(("token_table_sums",), "curriculum metrics")
 
 
 def cpp_available() -> bool:
@@ -159,17 +143,7 @@ def cpp_available() -> bool:
 
 
 def _resolve(backend: str) -> Optional[ModuleType]:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "python":
-        return None
-    module = _cpp_module()
-    if module is None and backend == "cpp":
-        raise ImportError(
-            "backend='cpp' requested but the metric kernels are not built; run "
-            "`python setup.py build_ext --inplace` from the repository root"
-        )
-    return module
+    return resolve_extension(backend, _cpp_module)
 
 
 def _tokens_for_cpp(tokens: np.ndarray) -> np.ndarray:

@@ -29,26 +29,51 @@ BACKENDS = ("auto", "cpp", "python")
 _INT32_MAX = np.iinfo(np.int32).max
 
 
-@functools.lru_cache(maxsize=None)
-def _cpp_module() -> Optional[ModuleType]:
-    """The compiled extension, or None (logging the reason once per process)."""
+def load_extension(required: Tuple[str, ...], purpose: str) -> Optional[ModuleType]:
+    """`megatron.core.datasets.helpers_cpp` when importable and holding `required`, else None
+    (logging why: `purpose` falls back to its numpy reference). Callers cache the result."""
     try:
-        helpers_cpp = importlib.import_module("megatron.core.datasets.helpers_cpp")
+        module = importlib.import_module("megatron.core.datasets.helpers_cpp")
     except ImportError as exc:
         logger.warning(
             "the C++ dataset helpers (megatron.core.datasets.helpers_cpp) are not importable "
-            "(%s); using the slower numpy reference. Build them with `pip install -e .` or "
+            "(%s); %s use the slower numpy reference. Build them with `pip install -e .` or "
             "`python setup.py build_ext --inplace` from the repository root.",
             exc,
+            purpose,
         )
         return None
-    if not all(hasattr(helpers_cpp, n) for n in ("build_sample_idx", "build_blending_indices")):
+    missing = [n for n in required if not hasattr(module, n)]
+    if missing:
         logger.warning(
-            "megatron.core.datasets.helpers_cpp is stale (no build_sample_idx / "
-            "build_blending_indices); using the numpy reference. Rebuild with `pip install -e .`."
+            "megatron.core.datasets.helpers_cpp is stale (no %s); %s use the numpy reference. "
+            "Rebuild with `pip install -e .`.",
+            ", ".join(missing),
+            purpose,
         )
         return None
-    return helpers_cpp
+    return module
+
+
+def resolve_extension(backend: str, loader) -> Optional[ModuleType]:
+    """The module to run for `backend` ("auto", "cpp" or "python"); `loader()` loads it."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "python":
+        return None
+    module = loader()
+    if module is None and backend == "cpp":
+        raise ImportError(
+            "backend='cpp' requested but megatron.core.datasets.helpers_cpp is not built; run "
+            "`python setup.py build_ext --inplace` from the repository root"
+        )
+    return module
+
+
+@functools.lru_cache(maxsize=None)
+def _cpp_module() -> Optional[ModuleType]:
+    """The compiled index builders, or None (logging the reason once per process)."""
+    return load_extension(("build_sample_idx", "build_blending_indices"), "the index builders")
 
 
 def cpp_available() -> bool:
@@ -57,17 +82,7 @@ def cpp_available() -> bool:
 
 
 def _resolve(backend: str) -> Optional[ModuleType]:
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "python":
-        return None
-    module = _cpp_module()
-    if module is None and backend == "cpp":
-        raise ImportError(
-            "backend='cpp' requested but megatron.core.datasets.helpers_cpp is not built; run "
-            "`python setup.py build_ext --inplace` from the repository root"
-        )
-    return module
+    return resolve_extension(backend, _cpp_module)
 
 
 def build_sample_idx(
