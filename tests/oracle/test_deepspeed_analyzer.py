@@ -17,25 +17,26 @@ benchmarks/bench_analysis.py.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import pathlib
-import shutil
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-TORCH_VERSION = "2.13.0"
+from tests.oracle.venvs import TORCH_VERSION, OracleUnavailable, ensure_venv, run
+from tests.oracle.venvs import build_seconds as _build_seconds
+
 DEEPSPEED_VERSION = "0.19.8"
+VENV = "deepspeed-venv"
 _CHECK = (
     "import torch, deepspeed, numpy; "
     "from deepspeed.runtime.data_pipeline.data_sampling.data_analyzer import DataAnalyzer; "
     "print(deepspeed.__version__)"
 )
+_ENV = {"DS_ACCELERATOR": "cpu", "DS_BUILD_OPS": "0", "OMP_NUM_THREADS": "1"}
 OUTPUT_KINDS = (
     "sample_to_metric",
     "index_to_sample",
@@ -44,135 +45,30 @@ OUTPUT_KINDS = (
     "metric_value",
 )
 
-
-class DeepSpeedUnavailable(RuntimeError):
-    """The DeepSpeed venv could not be made or does not work; the message says why."""
-
-
-def cache_dir() -> pathlib.Path:
-    root = os.environ.get("MEGATRON_ORACLE_CACHE")
-    return pathlib.Path(root) if root else pathlib.Path.home() / ".cache" / "megatron-de-oracles"
-
-
-def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
-    env.update(
-        PYTHONNOUSERSITE="1",
-        PYTHONWARNINGS="ignore",
-        DS_ACCELERATOR="cpu",
-        DS_BUILD_OPS="0",
-        OMP_NUM_THREADS="1",
-    )
-    return env
+DeepSpeedUnavailable = OracleUnavailable  # the name benchmarks/bench_analysis.py imports
 
 
 def _run(cmd, timeout: float) -> subprocess.CompletedProcess:
-    cache_dir().mkdir(parents=True, exist_ok=True)  # cwd outside the repository (no shadowing)
-    return subprocess.run(
-        [str(c) for c in cmd],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_env(),
-        cwd=str(cache_dir()),
-    )
-
-
-def _works(python: pathlib.Path) -> bool:
-    if not python.exists():
-        return False
-    try:
-        r = _run([python, "-I", "-c", _CHECK], timeout=300)
-    except subprocess.TimeoutExpired:
-        return False
-    return r.returncode == 0 and r.stdout.strip().endswith(DEEPSPEED_VERSION)
-
-
-def _build(venv: pathlib.Path) -> float:
-    start = time.monotonic()
-    if venv.exists():
-        shutil.rmtree(venv)
-    python = venv / "bin" / "python"
-    steps = [
-        ([sys.executable, "-m", "venv", venv], "create the venv"),
-        (
-            [
-                python,
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--no-index",
-                "--no-deps",
-                f"torch=={TORCH_VERSION}",
-            ],
-            f"install torch {TORCH_VERSION} from the local wheel",
-        ),
-        (
-            [python, "-m", "pip", "install", "--quiet", f"torch=={TORCH_VERSION}", "numpy"],
-            "install torch's dependencies and numpy",
-        ),
-        (
-            [
-                python,
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--no-build-isolation",
-                f"torch=={TORCH_VERSION}",
-                f"deepspeed=={DEEPSPEED_VERSION}",
-            ],
-            f"install deepspeed {DEEPSPEED_VERSION}",
-        ),
-    ]
-    for cmd, what in steps:
-        try:
-            r = _run(cmd, timeout=1200)
-        except subprocess.TimeoutExpired:
-            raise DeepSpeedUnavailable(f"could not {what}: timed out") from None
-        if r.returncode != 0:
-            tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
-            raise DeepSpeedUnavailable(f"could not {what}: {' | '.join(tail)}")
-    return time.monotonic() - start
+    return run(cmd, timeout, _ENV)
 
 
 def ensure_deepspeed_python() -> pathlib.Path:
-    """Python of a working DeepSpeed venv, made on first use (under a file lock).
+    """Python of a working DeepSpeed venv, made on first use.
 
     Raises:
         DeepSpeedUnavailable: the venv cannot be made here.
     """
-    root = cache_dir()
-    venv = root / "deepspeed-venv"
-    python = venv / "bin" / "python"
-    marker = venv / "megatron-de-oracle.json"
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".deepspeed-venv.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if _works(python):
-            if not marker.exists():
-                marker.write_text(
-                    json.dumps({"deepspeed": DEEPSPEED_VERSION, "build_seconds": None})
-                )
-            return python
-        seconds = _build(venv)
-        if not _works(python):
-            raise DeepSpeedUnavailable(f"{venv}: deepspeed {DEEPSPEED_VERSION} does not import")
-        marker.write_text(
-            json.dumps({"deepspeed": DEEPSPEED_VERSION, "build_seconds": round(seconds, 1)})
-        )
-    return python
+    pin = f"torch=={TORCH_VERSION}"
+    packages = [
+        ([pin, "numpy"], "install torch's dependencies and numpy"),
+        (["--no-build-isolation", pin, f"deepspeed=={DEEPSPEED_VERSION}"], f"install deepspeed {DEEPSPEED_VERSION}"),
+    ]
+    return ensure_venv(VENV, packages, _CHECK, lambda out: out.endswith(DEEPSPEED_VERSION), _ENV)
 
 
 def build_seconds():
     """Seconds the cached venv took to build (None when it was made by hand)."""
-    try:
-        return json.loads((cache_dir() / "deepspeed-venv" / "megatron-de-oracle.json").read_text())[
-            "build_seconds"
-        ]
-    except (OSError, ValueError, KeyError):
-        return None
+    return _build_seconds(VENV)
 
 
 # Runs inside the DeepSpeed venv: DataAnalyzer with Megatron-DeepSpeed's analyze_data.py metrics
