@@ -31,6 +31,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from megatron.core.datasets.utils import atomic_write, atomic_write_text
 from megatron.core.models.common import global_named_parameters
 
 logger = logging.getLogger(__name__)
@@ -66,22 +67,7 @@ def read_tracker(root: str):
 
 def _atomic_save(obj: Any, path: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f), "wb")
 
 
 # ---- RNG state -----------------------------------------------------------------------------
@@ -193,7 +179,7 @@ def save_checkpoint(
     if dist.is_initialized():
         dist.barrier()
     if pstate.rank == 0:
-        _atomic_write_text(os.path.join(root, TRACKER_FILENAME), str(iteration))
+        atomic_write_text(os.path.join(root, TRACKER_FILENAME), str(iteration))
     if dist.is_initialized():
         dist.barrier()
     folder = checkpoint_dir(root, iteration)

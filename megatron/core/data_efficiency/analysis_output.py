@@ -33,10 +33,11 @@ import dataclasses
 import json
 import os
 import uuid
-from typing import Any, Dict, Optional
+from typing import Dict, Optional
 
 import numpy as np
 
+from megatron.core.datasets.utils import atomic_save_npy, atomic_write_json  # noqa: F401 (re-exported)
 from megatron.core.datasets.indexed_dataset import (
     DType,
     IndexedDatasetError,
@@ -71,29 +72,6 @@ def metric_prefix(save_path: str, name: str, kind: str) -> str:
     """`<save>/<name>/<name>_<kind>` (an MMIDIDX prefix)."""
     return os.path.join(save_path, name, f"{name}_{kind}")
 
-
-def atomic_save_npy(path: str, array: np.ndarray) -> None:
-    """np.save under a temporary name, then rename."""
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array, allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_write_json(path: str, obj: Any) -> None:
-    """JSON under a temporary name, then rename."""
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wt", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_rows(prefix: str, flat: np.ndarray, row_sizes: np.ndarray, dtype, doc_index) -> None:

@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 import os
-import uuid
 from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
@@ -30,6 +29,7 @@ from megatron.core.datasets import bert_helpers_ref
 from megatron.core.datasets.config import DatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset, index_file_path
 from megatron.core.datasets.masking import create_masked_lm_predictions
+from megatron.core.datasets.utils import atomic_save_npy, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -224,25 +224,6 @@ def _split_sentences(
     sentence_ids = starts[doc_of] + (np.arange(docs[-1]) - docs[:-1][doc_of])
     return docs, indexed_dataset.sequence_lengths[sentence_ids], sentence_ids
 
-
-def _save_npy_atomic(path: str, array: np.ndarray) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(tmp, "wb") as f:
-            np.save(f, array)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def _write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def truncate_seq_pair(
@@ -458,8 +439,8 @@ class BertDataset:
                 try:
                     os.makedirs(os.path.dirname(path), exist_ok=True)
                     text = json.dumps(self.unique_description, indent=2, sort_keys=True)
-                    _write_text_atomic(description_path, text)
-                    _save_npy_atomic(path, mapping)
+                    atomic_write_text(description_path, text)
+                    atomic_save_npy(path, mapping)
                 except OSError as exc:
                     logger.warning(
                         "could not cache the BERT sample mapping at %s (%s); set "

@@ -16,6 +16,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from megatron.core.datasets.utils import atomic_save_npy
+
 TOKEN_COUNTS_SUFFIX = ".token_counts.npy"
 
 
@@ -36,14 +38,7 @@ def save_token_counts(path: str, counts: np.ndarray) -> None:
         raise ValueError(f"{path}: token counts must be 1-D, got shape {counts.shape}")
     if counts.size and counts.min() < 0:
         raise ValueError(f"{path}: token counts must be non-negative, got min {counts.min()}")
-    tmp = temporary_path(path)
-    try:
-        with open(tmp, "wb") as f:  # a file object: np.save would append .npy to a bare name
-            np.save(f, counts.astype("<i8"), allow_pickle=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_save_npy(path, counts.astype("<i8"))
 
 
 def load_token_counts(path_or_prefix: str, vocab_size: Optional[int] = None) -> np.ndarray:

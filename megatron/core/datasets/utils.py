@@ -84,7 +84,9 @@ def default_cache_dir(path_prefix: Optional[str], class_name: str) -> Optional[s
     return os.path.join(folder, "cache", f"{class_name}_indices")
 
 
-def _atomic_write(path: str, write: Callable[[Any], None], mode: str) -> None:
+def atomic_write(path: str, write: Callable[[Any], None], mode: str = "wb") -> None:
+    """Call `write(file)` on a temporary file beside `path`, fsync it, then rename it to `path`
+    (a crash never leaves a half-written file under the final name)."""
     tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         with open(tmp, mode, encoding=None if "b" in mode else "utf-8") as f:
@@ -96,6 +98,21 @@ def _atomic_write(path: str, write: Callable[[Any], None], mode: str) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def atomic_save_npy(path: str, array: np.ndarray) -> None:
+    """np.save (no pickles) to `path` atomically."""
+    atomic_write(path, lambda f: np.save(f, array, allow_pickle=False), "wb")
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Write `text` to `path` atomically."""
+    atomic_write(path, lambda f: f.write(text), "wt")
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+    """Write `obj` as indented, key-sorted JSON to `path` atomically."""
+    atomic_write(path, lambda f: json.dump(obj, f, indent=2, sort_keys=True), "wt")
 
 
 class IndexCache:
@@ -155,10 +172,10 @@ class IndexCache:
         try:
             os.makedirs(self.folder, exist_ok=True)
             for name, array in arrays.items():
-                _atomic_write(self.path(name), lambda f, a=array: np.save(f, a), "wb")
+                atomic_save_npy(self.path(name), array)
             meta = {n: {"shape": list(a.shape), "dtype": a.dtype.str} for n, a in arrays.items()}
             text = json.dumps({"description": self.description, "arrays": meta}, indent=2)
-            _atomic_write(self.path("description"), lambda f: f.write(text), "wt")
+            atomic_write_text(self.path("description"), text)
         except OSError as exc:
             logger.warning(
                 "could not write the index cache in %s (%s); indices stay in memory only. Set "
