@@ -66,7 +66,11 @@ def forward_step(data_iterator, model):
     batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in raw.items()}
     labels = batch["labels"].clamp(min=0)  # -1 (not predicted) is masked out of the loss
     output = model(
-        batch["text"], batch["padding_mask"], batch["types"], lm_labels=labels, random_ltd=batch.get("random_ltd")
+        batch["text"],
+        batch["padding_mask"],
+        batch["types"],
+        lm_labels=labels,
+        random_ltd=batch.get("random_ltd"),
     )
     return output, functools.partial(loss_func, batch)
 

@@ -8,7 +8,12 @@ import torch
 
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.models import GPTModel
-from megatron.training.data import MockGPTDataset, build_datasets, core_dataset_kwargs, dataset_curriculum_metrics
+from megatron.training.data import (
+    MockGPTDataset,
+    build_datasets,
+    core_dataset_kwargs,
+    dataset_curriculum_metrics,
+)
 from megatron.training.training import pretrain
 
 
@@ -31,7 +36,9 @@ def datasets_provider(run, rt, num_samples):
     """Train / valid / test GPT datasets from --data-path (or synthetic ones with --mock-data)."""
     if run.data.mock_data:
         return tuple(
-            MockGPTDataset(n, run.model.seq_length, rt.tokenizer.vocab_size, run.training.seed + i) if n else None
+            MockGPTDataset(n, run.model.seq_length, rt.tokenizer.vocab_size, run.training.seed + i)
+            if n
+            else None
             for i, n in enumerate(num_samples)
         )
     d = run.data

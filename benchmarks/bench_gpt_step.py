@@ -41,8 +41,14 @@ def matmul_peak(dtype, n=2048, repeats=5) -> float:
 
 
 def build_ours(a, dtype):
-    cfg = TransformerConfig(num_layers=a.layers, hidden_size=a.hidden, num_attention_heads=a.heads,
-                            hidden_dropout=0.0, attention_dropout=0.0, params_dtype=dtype)
+    cfg = TransformerConfig(
+        num_layers=a.layers,
+        hidden_size=a.hidden,
+        num_attention_heads=a.heads,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+        params_dtype=dtype,
+    )
     m = GPTModel(cfg, a.vocab, a.seq)
     m.initialize(1)
     return m, cfg
@@ -51,8 +57,17 @@ def build_ours(a, dtype):
 def build_hf(a, dtype):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    cfg = GPT2Config(vocab_size=a.vocab, n_positions=a.seq, n_embd=a.hidden, n_layer=a.layers, n_head=a.heads,
-                     activation_function="gelu", resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    cfg = GPT2Config(
+        vocab_size=a.vocab,
+        n_positions=a.seq,
+        n_embd=a.hidden,
+        n_layer=a.layers,
+        n_head=a.heads,
+        activation_function="gelu",
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+    )
     cfg._attn_implementation = "sdpa"
     return GPT2LMHeadModel(cfg).to(dtype)
 
@@ -65,7 +80,9 @@ def step_fn(kind, model, ids, pos, labels):
             loss = model(ids, pos, labels=labels).float().mean()
         else:
             logits = model(input_ids=ids).logits
-            loss = torch.nn.functional.cross_entropy(logits.float().view(-1, logits.shape[-1]), labels.reshape(-1))
+            loss = torch.nn.functional.cross_entropy(
+                logits.float().view(-1, logits.shape[-1]), labels.reshape(-1)
+            )
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -97,14 +114,25 @@ def main(argv=None):
     ids = torch.randint(0, a.vocab, (a.batch, a.seq))
     labels = torch.roll(ids, -1, 1)
     pos = torch.arange(a.seq).expand(a.batch, a.seq)
-    config = {"layers": a.layers, "hidden": a.hidden, "heads": a.heads, "vocab": a.vocab, "batch": a.batch,
-              "seq": a.seq, "threads": torch.get_num_threads(), "torch": torch.__version__}
+    config = {
+        "layers": a.layers,
+        "hidden": a.hidden,
+        "heads": a.heads,
+        "vocab": a.vocab,
+        "batch": a.batch,
+        "seq": a.seq,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+    }
     tokens = a.batch * a.seq
     for name in a.dtypes:
         dtype = getattr(torch, name)
         ours, cfg = build_ours(a, dtype)
         hf = build_hf(a, dtype)
-        steps = {"ours": step_fn("ours", ours, ids, pos, labels), "hf": step_fn("hf", hf, ids, pos, labels)}
+        steps = {
+            "ours": step_fn("ours", ours, ids, pos, labels),
+            "hf": step_fn("hf", hf, ids, pos, labels),
+        }
         for s in steps.values():
             time_step(s, warmup=2, repeats=0)
         times = {"ours": [], "hf": []}
@@ -113,15 +141,34 @@ def main(argv=None):
                 times[k].append(time_step(steps[k]))
         ours_tps = tokens / statistics.median(times["ours"])
         hf_tps = tokens / statistics.median(times["hf"])
-        print(json.dumps({"name": "gpt_train_step_throughput", "config": {**config, "dtype": name},
-                          "value": round(ours_tps, 1), "unit": "tokens/s", "reference": "HF GPT2LMHeadModel",
-                          "reference_value": round(hf_tps, 1), "ratio": round(ours_tps / hf_tps, 3)}))
+        print(
+            json.dumps(
+                {
+                    "name": "gpt_train_step_throughput",
+                    "config": {**config, "dtype": name},
+                    "value": round(ours_tps, 1),
+                    "unit": "tokens/s",
+                    "reference": "HF GPT2LMHeadModel",
+                    "reference_value": round(hf_tps, 1),
+                    "ratio": round(ours_tps / hf_tps, 3),
+                }
+            )
+        )
         peak = matmul_peak(dtype)
         achieved = flops_per_token(cfg, a.seq, a.vocab, causal=True) * ours_tps
-        print(json.dumps({"name": "gpt_model_flops_fraction_of_matmul_peak", "config": {**config, "dtype": name},
-                          "value": round(achieved / peak, 3), "unit": "fraction",
-                          "achieved_flops": round(achieved / 1e9, 2), "matmul_peak_flops": round(peak / 1e9, 2),
-                          "flops_unit": "GFLOP/s"}))
+        print(
+            json.dumps(
+                {
+                    "name": "gpt_model_flops_fraction_of_matmul_peak",
+                    "config": {**config, "dtype": name},
+                    "value": round(achieved / peak, 3),
+                    "unit": "fraction",
+                    "achieved_flops": round(achieved / 1e9, 2),
+                    "matmul_peak_flops": round(peak / 1e9, 2),
+                    "flops_unit": "GFLOP/s",
+                }
+            )
+        )
         sys.stdout.flush()
 
 

@@ -69,8 +69,13 @@ def theoretical_saving(cfg: TransformerConfig, seq: int, keep: int, vocab: int, 
 
 
 def build(a):
-    cfg = TransformerConfig(num_layers=a.layers, hidden_size=a.hidden, num_attention_heads=a.heads,
-                            hidden_dropout=0.0, attention_dropout=0.0)
+    cfg = TransformerConfig(
+        num_layers=a.layers,
+        hidden_size=a.hidden,
+        num_attention_heads=a.heads,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
     model = GPTModel(cfg, a.vocab, a.seq)
     model.initialize(1)
     model.train()
@@ -87,8 +92,14 @@ def make_step(model, ids, pos, labels, keep, layer_ids):
         t0 = time.perf_counter()
         ltd = None
         if keep is not None:  # a fresh state per step, as in training: index draws are timed
-            ltd = RandomLTDState(seed=1234, step=counter[0], microbatch=0, dp_rank=0, keep=keep,
-                                 layer_ids=frozenset(layer_ids))
+            ltd = RandomLTDState(
+                seed=1234,
+                step=counter[0],
+                microbatch=0,
+                dp_rank=0,
+                keep=keep,
+                layer_ids=frozenset(layer_ids),
+            )
         loss = model(ids, pos, labels=labels, random_ltd=ltd).float().mean()
         t1 = time.perf_counter()
         loss.backward()
@@ -151,8 +162,10 @@ def main(argv=None):
     labels = torch.roll(ids, -1, 1)
     pos = torch.arange(a.seq).expand(a.batch, a.seq)
     model, cfg = build(a)
-    steps = {"full": make_step(model, ids, pos, labels, None, layer_ids),
-             "random_ltd": make_step(model, ids, pos, labels, keep, layer_ids)}
+    steps = {
+        "full": make_step(model, ids, pos, labels, None, layer_ids),
+        "random_ltd": make_step(model, ids, pos, labels, keep, layer_ids),
+    }
     for fn in steps.values():  # warm-up: allocator, AdamW state, kernels
         fn()
         fn()
@@ -164,33 +177,72 @@ def main(argv=None):
     # saving is computed from the minima (best of N) and, for reference, from the medians.
     stats = {"min": min, "median": statistics.median}
     step = {s: {k: f(sum(p) for p in v) for k, v in parts.items()} for s, f in stats.items()}
-    fwd_bwd = {s: {k: f(p[0] + p[1] for p in v) for k, v in parts.items()} for s, f in stats.items()}
-    config = {"layers": a.layers, "hidden": a.hidden, "heads": a.heads, "vocab": a.vocab,
-              "batch": a.batch, "seq": a.seq, "keep": keep, "ltd_layers": len(layer_ids),
-              "threads": torch.get_num_threads(), "repeats": a.repeats,
-              "token_ops_backend": active_backend(torch.device("cpu")), "torch": torch.__version__}
+    fwd_bwd = {
+        s: {k: f(p[0] + p[1] for p in v) for k, v in parts.items()} for s, f in stats.items()
+    }
+    config = {
+        "layers": a.layers,
+        "hidden": a.hidden,
+        "heads": a.heads,
+        "vocab": a.vocab,
+        "batch": a.batch,
+        "seq": a.seq,
+        "keep": keep,
+        "ltd_layers": len(layer_ids),
+        "threads": torch.get_num_threads(),
+        "repeats": a.repeats,
+        "token_ops_backend": active_backend(torch.device("cpu")),
+        "torch": torch.__version__,
+    }
     for k, v in parts.items():
-        phases = {name: round(min(p[i] for p in v) * 1e3, 2)
-                  for i, name in enumerate(("forward", "backward", "optimizer"))}
-        print(json.dumps({"name": "gpt_train_step_time", "config": {**config, "random_ltd": k},
-                          "value": round(step["min"][k] * 1e3, 2), "unit": "ms (best of repeats)",
-                          "median": round(step["median"][k] * 1e3, 2), "min_phases_ms": phases,
-                          "all": [round(sum(p) * 1e3, 1) for p in v]}))
+        phases = {
+            name: round(min(p[i] for p in v) * 1e3, 2)
+            for i, name in enumerate(("forward", "backward", "optimizer"))
+        }
+        print(
+            json.dumps(
+                {
+                    "name": "gpt_train_step_time",
+                    "config": {**config, "random_ltd": k},
+                    "value": round(step["min"][k] * 1e3, 2),
+                    "unit": "ms (best of repeats)",
+                    "median": round(step["median"][k] * 1e3, 2),
+                    "min_phases_ms": phases,
+                    "all": [round(sum(p) * 1e3, 1) for p in v],
+                }
+            )
+        )
     theory, f_full, f_ltd = theoretical_saving(cfg, a.seq, keep, a.vocab, len(layer_ids))
     for name, t in (("step", step), ("forward_backward", fwd_bwd)):
         achieved = {s: 1.0 - t[s]["random_ltd"] / t[s]["full"] for s in stats}
-        print(json.dumps({"name": f"random_ltd_{name}_time_saving", "config": config,
-                          "value": round(achieved["min"], 4), "unit": "fraction (best of repeats)",
-                          "theoretical": round(theory, 4),
-                          "ratio": round(achieved["min"] / theory, 3),
-                          "median_based": round(achieved["median"], 4),
-                          "median_based_ratio": round(achieved["median"] / theory, 3),
-                          "flops_per_sequence": {"full": f_full, "random_ltd": f_ltd},
-                          "seed_on_gpu": {"achieved": 0.256, "theoretical": 0.333, "ratio": 0.77}}))
+        print(
+            json.dumps(
+                {
+                    "name": f"random_ltd_{name}_time_saving",
+                    "config": config,
+                    "value": round(achieved["min"], 4),
+                    "unit": "fraction (best of repeats)",
+                    "theoretical": round(theory, 4),
+                    "ratio": round(achieved["min"] / theory, 3),
+                    "median_based": round(achieved["median"], 4),
+                    "median_based_ratio": round(achieved["median"] / theory, 3),
+                    "flops_per_sequence": {"full": f_full, "random_ltd": f_ltd},
+                    "seed_on_gpu": {"achieved": 0.256, "theoretical": 0.333, "ratio": 0.77},
+                }
+            )
+        )
     for name, sec in overheads(a, keep, layer_ids, a.repeats).items():
-        print(json.dumps({"name": f"random_ltd_{name}_per_step", "config": config,
-                          "value": round(sec * 1e3, 3), "unit": "ms",
-                          "fraction_of_ltd_step": round(sec / step["min"]["random_ltd"], 4)}))
+        print(
+            json.dumps(
+                {
+                    "name": f"random_ltd_{name}_per_step",
+                    "config": config,
+                    "value": round(sec * 1e3, 3),
+                    "unit": "ms",
+                    "fraction_of_ltd_step": round(sec / step["min"]["random_ltd"], 4),
+                }
+            )
+        )
     sys.stdout.flush()
 
 

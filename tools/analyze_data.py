@@ -207,13 +207,16 @@ def build_dataset(args, is_built_on_rank=None, synchronize=None):
 
         if tokenizer is None:
             raise ValueError("BERT analysis needs the tokenizer flags (--tokenizer-type ...)")
-        cls, config = BertDataset, BertDatasetConfig(
-            **common,
-            tokenizer=tokenizer,
-            masking_probability=args.mask_prob,
-            short_sequence_probability=args.short_seq_prob,
-            classification_head=not args.bert_no_binary_head,
-            binary_head_type=args.bert_binary_head_type,
+        cls, config = (
+            BertDataset,
+            BertDatasetConfig(
+                **common,
+                tokenizer=tokenizer,
+                masking_probability=args.mask_prob,
+                short_sequence_probability=args.short_seq_prob,
+                classification_head=not args.bert_no_binary_head,
+                binary_head_type=args.bert_binary_head_type,
+            ),
         )
     counts = [0, 0, 0]
     counts[Split[args.split_name].value] = args.num_samples

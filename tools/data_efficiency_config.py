@@ -433,48 +433,80 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", required=True, help="JSON file to write ('-': print it)")
     g = p.add_argument_group("run (top-level DeepSpeed keys)")
     g.add_argument("--global-batch-size", type=int, required=True, help="train_batch_size")
-    g.add_argument("--micro-batch-size", type=int, required=True,
-                   help="train_micro_batch_size_per_gpu")
+    g.add_argument(
+        "--micro-batch-size", type=int, required=True, help="train_micro_batch_size_per_gpu"
+    )
     g.add_argument("--seed", type=int, default=1234, help="data_efficiency.seed (sampler seed)")
     g.add_argument("--clip-grad", type=float, default=1.0, help="gradient_clipping")
     g.add_argument("--log-interval", type=int, help="steps_per_print")
     g.add_argument("--fp16", action="store_true", help="write the fp16 block (dynamic scaling)")
     g.add_argument("--bf16", action="store_true", help="write the bf16 block")
     g.add_argument("--loss-scale", type=float, default=0, help="fp16: static scale (0 = dynamic)")
-    g.add_argument("--initial-loss-scale", type=float, default=2.0**11,
-                   help="fp16: initial dynamic scale, a power of 2 (initial_scale_power)")
+    g.add_argument(
+        "--initial-loss-scale",
+        type=float,
+        default=2.0**11,
+        help="fp16: initial dynamic scale, a power of 2 (initial_scale_power)",
+    )
     g.add_argument("--loss-scale-window", type=int, default=500, help="fp16: loss_scale_window")
     g.add_argument("--hysteresis", type=int, default=2, help="fp16: hysteresis")
     g.add_argument("--min-loss-scale", type=float, default=1, help="fp16: min_loss_scale")
-    g.add_argument("--seq-length", type=int,
-                   help="model sequence length: default --random-ltd-max, bound of the seqlen "
-                        "curriculum")
+    g.add_argument(
+        "--seq-length",
+        type=int,
+        help="model sequence length: default --random-ltd-max, bound of the seqlen curriculum",
+    )
     g.add_argument("--num-layers", type=int, help="model layers (random-LTD total_layer_num)")
     g = p.add_argument_group("curriculum learning (data_sampling)")
-    g.add_argument("--cl-metric", nargs="+", action="append", metavar="NAME KEY=VALUE",
-                   help="a curriculum metric: name then KEY=VALUE pairs (repeat per metric)")
-    g.add_argument("--seqlen-truncate", nargs=4, metavar=("MIN", "MAX", "TOTAL_STEPS", "STEP"),
-                   help="seqlen_truncate metric, fixed_linear")
-    g.add_argument("--seqlen-reshape", nargs=4, metavar=("MIN", "MAX", "TOTAL_STEPS", "STEP"),
-                   help="seqlen_reshape metric (GPT: re-chunk the batch), fixed_linear")
-    g.add_argument("--data-cluster-path", help="data_cluster_path (DeepSpeed writes clusters "
-                                                "there; unused by this framework)")
+    g.add_argument(
+        "--cl-metric",
+        nargs="+",
+        action="append",
+        metavar="NAME KEY=VALUE",
+        help="a curriculum metric: name then KEY=VALUE pairs (repeat per metric)",
+    )
+    g.add_argument(
+        "--seqlen-truncate",
+        nargs=4,
+        metavar=("MIN", "MAX", "TOTAL_STEPS", "STEP"),
+        help="seqlen_truncate metric, fixed_linear",
+    )
+    g.add_argument(
+        "--seqlen-reshape",
+        nargs=4,
+        metavar=("MIN", "MAX", "TOTAL_STEPS", "STEP"),
+        help="seqlen_reshape metric (GPT: re-chunk the batch), fixed_linear",
+    )
+    g.add_argument(
+        "--data-cluster-path",
+        help="data_cluster_path (DeepSpeed writes clusters there; unused by this framework)",
+    )
     g.add_argument("--num-epochs", type=int, help="data_sampling.num_epochs [1000]")
     g = p.add_argument_group("random-LTD (data_routing)")
     g.add_argument("--random-ltd-min", type=int, help="K at the first step (turns random-LTD on)")
     g.add_argument("--random-ltd-max", type=int, help="K at the ramp's end [--seq-length]")
     g.add_argument("--random-ltd-require-steps", type=int, help="steps of the K ramp")
     g.add_argument("--random-ltd-seq-per-step", type=int, help="K is a multiple of this [16]")
-    g.add_argument("--random-ltd-layers",
-                   help="0-based layer ids, e.g. 1-22 or 1,3,5-7 [all but first and last]")
-    g.add_argument("--random-ltd-model-type", choices=LTD_MODEL_TYPES,
-                   help="decoder (GPT) or encoder (BERT) [decoder]")
-    g.add_argument("--random-ltd-hidden-state-order", choices=LTD_HIDDEN_STATE_ORDERS,
-                   help="[seq_batch_dim]")
-    g.add_argument("--layer-token-lr-total-layer-tokens", type=int,
-                   help="turn the layer-token lr schedule on: layer-tokens of the whole run")
-    g.add_argument("--layer-token-lr-warmup-layer-tokens", type=int,
-                   help="layer-tokens of linear warmup [0]")
+    g.add_argument(
+        "--random-ltd-layers",
+        help="0-based layer ids, e.g. 1-22 or 1,3,5-7 [all but first and last]",
+    )
+    g.add_argument(
+        "--random-ltd-model-type",
+        choices=LTD_MODEL_TYPES,
+        help="decoder (GPT) or encoder (BERT) [decoder]",
+    )
+    g.add_argument(
+        "--random-ltd-hidden-state-order", choices=LTD_HIDDEN_STATE_ORDERS, help="[seq_batch_dim]"
+    )
+    g.add_argument(
+        "--layer-token-lr-total-layer-tokens",
+        type=int,
+        help="turn the layer-token lr schedule on: layer-tokens of the whole run",
+    )
+    g.add_argument(
+        "--layer-token-lr-warmup-layer-tokens", type=int, help="layer-tokens of linear warmup [0]"
+    )
     return p
 
 

@@ -27,7 +27,9 @@ from megatron.tokenizer import TokenizerConfig, build_tokenizer  # noqa: E402
 from megatron.training import checkpointing as ckpt  # noqa: E402
 
 
-def sample_next(logits: torch.Tensor, greedy: bool, temperature: float, top_k: int, top_p: float, gen) -> int:
+def sample_next(
+    logits: torch.Tensor, greedy: bool, temperature: float, top_k: int, top_p: float, gen
+) -> int:
     """Pick the next id from logits [v] (greedy, or sampled after top-k / top-p filtering)."""
     if greedy:
         return int(logits.argmax())
@@ -59,22 +61,34 @@ def load_model(load: str, iteration: Optional[int] = None):
     args = sd["args"]
     tc = dict(args["transformer"])
     tc["params_dtype"] = torch.float32
-    tc.update(tensor_model_parallel_size=1, pipeline_model_parallel_size=1,
-              virtual_pipeline_model_parallel_size=None, sequence_parallel=False,
-              recompute_granularity=None, recompute_method=None, recompute_num_layers=None)
+    tc.update(
+        tensor_model_parallel_size=1,
+        pipeline_model_parallel_size=1,
+        virtual_pipeline_model_parallel_size=None,
+        sequence_parallel=False,
+        recompute_granularity=None,
+        recompute_method=None,
+        recompute_num_layers=None,
+    )
     fields = {f.name for f in dataclasses.fields(TransformerConfig)}
     cfg = TransformerConfig(**{k: v for k, v in tc.items() if k in fields})
     vocab = sd["model"]["embedding.word_embeddings.weight"].shape[0]
     model = GPTModel(
-        cfg, vocab, args["model"]["max_position_embeddings"],
-        share_embeddings_and_output_weights=not args["model"]["untie_embeddings_and_output_weights"],
+        cfg,
+        vocab,
+        args["model"]["max_position_embeddings"],
+        share_embeddings_and_output_weights=not args["model"][
+            "untie_embeddings_and_output_weights"
+        ],
     )
     ckpt.restore_model(sd, [model])
     return model.eval(), args
 
 
 @torch.no_grad()
-def generate(model, prompt_ids: List[int], max_new_tokens: int, max_len: int, eod: Optional[int], **sampling) -> List[int]:
+def generate(
+    model, prompt_ids: List[int], max_new_tokens: int, max_len: int, eod: Optional[int], **sampling
+) -> List[int]:
     """Extend prompt_ids token by token (the context is cut to the last max_len tokens)."""
     ids = list(prompt_ids)
     gen = torch.Generator().manual_seed(sampling.pop("seed"))
@@ -92,7 +106,9 @@ def generate(model, prompt_ids: List[int], max_new_tokens: int, max_len: int, eo
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--load", required=True, help="checkpoint folder (the --save of the run)")
-    p.add_argument("--ckpt-step", type=int, default=None, help="iteration to load (default: latest)")
+    p.add_argument(
+        "--ckpt-step", type=int, default=None, help="iteration to load (default: latest)"
+    )
     p.add_argument("--prompt", action="append", default=None, help="prompt text (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=50)
     p.add_argument("--greedy", action="store_true", help="always take the most likely token")
@@ -114,8 +130,16 @@ def main(argv=None) -> int:
     for i, prompt in enumerate(a.prompt or ["It is a truth universally acknowledged"]):
         ids = tokenizer.tokenize(prompt)
         out = generate(
-            model, ids, a.max_new_tokens, max_len, tokenizer.eod, greedy=a.greedy,
-            temperature=a.temperature, top_k=a.top_k, top_p=a.top_p, seed=a.seed + i,
+            model,
+            ids,
+            a.max_new_tokens,
+            max_len,
+            tokenizer.eod,
+            greedy=a.greedy,
+            temperature=a.temperature,
+            top_k=a.top_k,
+            top_p=a.top_p,
+            seed=a.seed + i,
         )
         print(f"--- sample {i + 1} ---\n{tokenizer.detokenize(out)}\n")
     return 0

@@ -37,7 +37,11 @@ class RankLayout:
     virtual_pipeline_model_parallel_size: Optional[int] = None
 
     def __post_init__(self) -> None:
-        tp, pp, ws = self.tensor_model_parallel_size, self.pipeline_model_parallel_size, self.world_size
+        tp, pp, ws = (
+            self.tensor_model_parallel_size,
+            self.pipeline_model_parallel_size,
+            self.world_size,
+        )
         if ws < 1 or tp < 1 or pp < 1:
             raise ValueError(f"sizes must be positive: world {ws}, TP {tp}, PP {pp}")
         if ws % (tp * pp) != 0:
@@ -55,7 +59,9 @@ class RankLayout:
     @property
     def data_parallel_size(self) -> int:
         """Number of model replicas."""
-        return self.world_size // (self.tensor_model_parallel_size * self.pipeline_model_parallel_size)
+        return self.world_size // (
+            self.tensor_model_parallel_size * self.pipeline_model_parallel_size
+        )
 
     def coords(self, rank: int) -> Dict[str, int]:
         """{'tp': .., 'dp': .., 'pp': ..} of a global rank."""
@@ -66,7 +72,11 @@ class RankLayout:
 
     def rank_of(self, tp: int, dp: int, pp: int) -> int:
         """Global rank at the given coordinates."""
-        return pp * self.tensor_model_parallel_size * self.data_parallel_size + dp * self.tensor_model_parallel_size + tp
+        return (
+            pp * self.tensor_model_parallel_size * self.data_parallel_size
+            + dp * self.tensor_model_parallel_size
+            + tp
+        )
 
     def _groups_varying(self, axis: str) -> List[List[int]]:
         sizes = {
@@ -80,9 +90,7 @@ class RankLayout:
         for o1 in range(sizes[others[1]]):
             for o0 in range(sizes[others[0]]):
                 fixed = {others[0]: o0, others[1]: o1}
-                groups.append(
-                    [self.rank_of(**{**fixed, axis: i}) for i in range(sizes[axis])]
-                )
+                groups.append([self.rank_of(**{**fixed, axis: i}) for i in range(sizes[axis])])
         return sorted(groups)
 
     def tensor_parallel_groups(self) -> List[List[int]]:
@@ -127,7 +135,9 @@ class ParallelState:
     mappings in `tensor_parallel` treat None as a no-op.
     """
 
-    def __init__(self, layout: RankLayout, rank: int, groups: Dict[str, object], ranks: Dict[str, List[int]]):
+    def __init__(
+        self, layout: RankLayout, rank: int, groups: Dict[str, object], ranks: Dict[str, List[int]]
+    ):
         self.layout = layout
         self.rank = rank
         self._groups = groups
@@ -155,7 +165,9 @@ class ParallelState:
         import torch.distributed as dist
 
         if not dist.is_initialized():
-            raise RuntimeError("torch.distributed is not initialised; call init_process_group first")
+            raise RuntimeError(
+                "torch.distributed is not initialised; call init_process_group first"
+            )
         layout = RankLayout(
             dist.get_world_size(),
             tensor_model_parallel_size,

@@ -66,5 +66,8 @@ class TwoBackendTokenizer(MegatronTokenizer):
         if self._hf is not None:
             # Batch encode without special tokens; skip offset tracking when the API allows it.
             fast = getattr(self._hf, "encode_batch_fast", None)
-            return [e.ids for e in (fast or self._hf.encode_batch)(list(texts), add_special_tokens=False)]
+            return [
+                e.ids
+                for e in (fast or self._hf.encode_batch)(list(texts), add_special_tokens=False)
+            ]
         return [self._python.encode(text) for text in texts]

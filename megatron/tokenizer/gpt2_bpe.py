@@ -216,4 +216,3 @@ def _build_hf_bpe(vocab_file: str, merge_file: str):
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     return tok
-

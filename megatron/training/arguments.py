@@ -103,7 +103,9 @@ def build_parser(extra_args_provider: Optional[Callable] = None) -> argparse.Arg
     parser = argparse.ArgumentParser(
         description="Megatron-style pretraining", allow_abbrev=False, fromfile_prefix_chars="@"
     )
-    add_dataclass_options(parser, TransformerConfig, "model (transformer stack)", _TRANSFORMER_FLAGS)
+    add_dataclass_options(
+        parser, TransformerConfig, "model (transformer stack)", _TRANSFORMER_FLAGS
+    )
     add_dataclass_options(parser, ModelConfig, "model (other)")
     add_dataclass_options(parser, TrainingConfig, "training", _TRAINING_FLAGS)
     add_dataclass_options(parser, SchedulerConfig, "learning rate", _SCHEDULER_FLAGS)
@@ -113,7 +115,9 @@ def build_parser(extra_args_provider: Optional[Callable] = None) -> argparse.Arg
     add_dataclass_options(parser, DataConfig, "data")
     add_dataclass_options(parser, TokenizerConfig, "tokenizer")
     add_dataclass_options(parser, LoggingConfig, "logging")
-    add_dataclass_options(parser, DataEfficiencyFlags, "data efficiency (curriculum learning, random-LTD)", _DE_FLAGS)
+    add_dataclass_options(
+        parser, DataEfficiencyFlags, "data efficiency (curriculum learning, random-LTD)", _DE_FLAGS
+    )
     if extra_args_provider is not None:
         parser = extra_args_provider(parser) or parser
     return parser
@@ -127,7 +131,9 @@ def _world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def _transformer_config(ns: argparse.Namespace, model: ModelConfig, opt: OptimizerConfig, par: ParallelConfig):
+def _transformer_config(
+    ns: argparse.Namespace, model: ModelConfig, opt: OptimizerConfig, par: ParallelConfig
+):
     dtype = torch.bfloat16 if opt.bf16 else torch.float16 if opt.fp16 else torch.float32
     vpp = None
     if par.num_layers_per_virtual_pipeline_stage is not None:
@@ -174,7 +180,9 @@ def parse_args(
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        run = config_from_namespace(ns, parser, world_size if world_size is not None else _world_size())
+        run = config_from_namespace(
+            ns, parser, world_size if world_size is not None else _world_size()
+        )
     except ValueError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     return run
@@ -188,8 +196,19 @@ def config_from_namespace(ns: argparse.Namespace, parser, world_size: int) -> Ru
     tokenizer = build_dataclass(TokenizerConfig, ns) if ns.tokenizer_type else None
     known = {a.dest for a in parser._actions}
     core_fields = set()
-    for cls in (TransformerConfig, ModelConfig, TrainingConfig, SchedulerConfig, OptimizerConfig,
-                CheckpointConfig, ParallelConfig, DataConfig, TokenizerConfig, LoggingConfig, DataEfficiencyFlags):
+    for cls in (
+        TransformerConfig,
+        ModelConfig,
+        TrainingConfig,
+        SchedulerConfig,
+        OptimizerConfig,
+        CheckpointConfig,
+        ParallelConfig,
+        DataConfig,
+        TokenizerConfig,
+        LoggingConfig,
+        DataEfficiencyFlags,
+    ):
         core_fields |= {f.name for f in dataclasses.fields(cls)}
     run = RunConfig(
         transformer=_transformer_config(ns, model, opt, par),
@@ -225,13 +244,23 @@ def validate_run_config(run: RunConfig) -> None:
             f"--global-batch-size {tr.global_batch_size} is not divisible by --micro-batch-size "
             f"{tr.micro_batch_size} x data-parallel size {dp} = {unit}; use a multiple of {unit}"
         )
-    if not tr.skip_train and tr.train_iters is None and tr.train_samples is None and tr.train_tokens is None:
-        raise ValueError("no training budget given: set --train-iters, --train-samples or --train-tokens")
+    if (
+        not tr.skip_train
+        and tr.train_iters is None
+        and tr.train_samples is None
+        and tr.train_tokens is None
+    ):
+        raise ValueError(
+            "no training budget given: set --train-iters, --train-samples or --train-tokens"
+        )
     if model.seq_length is None:
         raise ValueError("--seq-length is required")
     if model.max_position_embeddings is None:
         model.max_position_embeddings = model.seq_length
-    if run.transformer.position_embedding_type == "learned_absolute" and model.max_position_embeddings < model.seq_length:
+    if (
+        run.transformer.position_embedding_type == "learned_absolute"
+        and model.max_position_embeddings < model.seq_length
+    ):
         raise ValueError(
             f"--max-position-embeddings {model.max_position_embeddings} is smaller than --seq-length "
             f"{model.seq_length}; raise it or shorten the sequence"
@@ -240,13 +269,21 @@ def validate_run_config(run: RunConfig) -> None:
         raise ValueError("--fp16 and --bf16 exclude each other; pick one")
     d = run.data
     if not d.mock_data and not d.data_path and not d.train_data_path:
-        raise ValueError("no training data: give --data-path (or --train-data-path), or --mock-data")
+        raise ValueError(
+            "no training data: give --data-path (or --train-data-path), or --mock-data"
+        )
     if d.data_path and (d.train_data_path or d.valid_data_path or d.test_data_path):
-        raise ValueError("give either --data-path (split by --split) or --train/valid/test-data-path, not both")
+        raise ValueError(
+            "give either --data-path (split by --split) or --train/valid/test-data-path, not both"
+        )
     if run.tokenizer is None and not d.mock_data:
-        raise ValueError("--tokenizer-type is required (e.g. GPT2BPETokenizer with --vocab-file and --merge-file)")
+        raise ValueError(
+            "--tokenizer-type is required (e.g. GPT2BPETokenizer with --vocab-file and --merge-file)"
+        )
     if d.mock_data and run.tokenizer is None:
-        raise ValueError("--mock-data needs a tokenizer for its vocabulary size: e.g. --tokenizer-type NullTokenizer --vocab-size 1024")
+        raise ValueError(
+            "--mock-data needs a tokenizer for its vocabulary size: e.g. --tokenizer-type NullTokenizer --vocab-size 1024"
+        )
     vpp = run.transformer.virtual_pipeline_model_parallel_size
     if vpp and vpp > 1:
         _check_interleaved_micro_batches(tr, dp, par.pipeline_model_parallel_size)
@@ -283,8 +320,13 @@ def _check_deepspeed_config(run: RunConfig) -> None:
         raise ValueError(f"--deepspeed_config {path}: no such file")
     cfg = load_deepspeed_config(path)
     tr = run.training
-    for key, ours in (("train_batch_size", tr.global_batch_size), ("train_micro_batch_size_per_gpu", tr.micro_batch_size)):
+    for key, ours in (
+        ("train_batch_size", tr.global_batch_size),
+        ("train_micro_batch_size_per_gpu", tr.micro_batch_size),
+    ):
         theirs = cfg.ignored.get(key)
         if isinstance(theirs, int) and theirs != ours:
             flag = "--global-batch-size" if key == "train_batch_size" else "--micro-batch-size"
-            raise ValueError(f"--deepspeed_config {path} sets {key} {theirs} but {flag} is {ours}; make them agree")
+            raise ValueError(
+                f"--deepspeed_config {path} sets {key} {theirs} but {flag} is {ours}; make them agree"
+            )

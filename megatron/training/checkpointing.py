@@ -45,7 +45,9 @@ def checkpoint_dir(root: str, iteration: int, release: bool = False) -> str:
     return os.path.join(root, "release" if release else f"iter_{iteration:07d}")
 
 
-def checkpoint_file(root: str, iteration: int, tp_rank: int, pp_rank: int, pp_size: int, release=False) -> str:
+def checkpoint_file(
+    root: str, iteration: int, tp_rank: int, pp_rank: int, pp_size: int, release=False
+) -> str:
     """Path of one model shard's file (Megatron naming)."""
     shard = f"mp_rank_{tp_rank:02d}" if pp_size == 1 else f"mp_rank_{tp_rank:02d}_{pp_rank:03d}"
     return os.path.join(checkpoint_dir(root, iteration, release), shard, "model_optim_rng.pt")
@@ -62,7 +64,9 @@ def read_tracker(root: str):
     try:
         return int(text), False
     except ValueError:
-        raise ValueError(f"{path}: expected an iteration number or 'release', found {text!r}") from None
+        raise ValueError(
+            f"{path}: expected an iteration number or 'release', found {text!r}"
+        ) from None
 
 
 def _atomic_save(obj: Any, path: str) -> None:
@@ -77,7 +81,13 @@ def get_rng_state(rng_tracker) -> Dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "random_rng_state": [py_version, list(py_state), py_gauss],
-        "np_rng_state": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "np_rng_state": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "torch_rng_state": torch.get_rng_state(),
         "cuda_rng_state": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "rng_tracker_states": rng_tracker.get_states() if rng_tracker is not None else {},
@@ -113,7 +123,9 @@ def model_state_dict(model: torch.nn.Module) -> Dict[str, torch.Tensor]:
     return {name: p.detach().clone() for name, p in global_named_parameters(model)}
 
 
-def load_model_state_dict(model: torch.nn.Module, sd: Dict[str, torch.Tensor], strict: bool = True) -> None:
+def load_model_state_dict(
+    model: torch.nn.Module, sd: Dict[str, torch.Tensor], strict: bool = True
+) -> None:
     """Copy tensors saved by `model_state_dict` into a chunk, by global name."""
     params = dict(global_named_parameters(model))
     missing = [k for k in params if k not in sd]
@@ -168,7 +180,17 @@ def save_checkpoint(
             "data_efficiency": data_efficiency_state,
             "train_state": dict(train_state),
         }
-        sd.update({k: train_state[k] for k in ("consumed_train_samples", "consumed_valid_samples", "consumed_train_tokens") if k in train_state})
+        sd.update(
+            {
+                k: train_state[k]
+                for k in (
+                    "consumed_train_samples",
+                    "consumed_valid_samples",
+                    "consumed_train_tokens",
+                )
+                if k in train_state
+            }
+        )
         if len(model_chunks) == 1:
             sd["model"] = model_state_dict(model_chunks[0])
         else:
@@ -210,7 +232,9 @@ def load_checkpoint_file(path: str) -> Dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def restore_model(sd: Dict[str, Any], model_chunks: List[torch.nn.Module], strict: bool = True) -> None:
+def restore_model(
+    sd: Dict[str, Any], model_chunks: List[torch.nn.Module], strict: bool = True
+) -> None:
     """Load model tensors of a checkpoint dict into the chunks."""
     if len(model_chunks) == 1:
         load_model_state_dict(model_chunks[0], sd["model"], strict)
@@ -232,10 +256,24 @@ def restore_rng(sd: Dict[str, Any], pstate, rng_tracker) -> None:
 # Architecture options --use-checkpoint-args takes from the checkpoint (Megatron's set).
 CHECKPOINT_ARCH_FIELDS = {
     "transformer": (
-        "num_layers", "hidden_size", "num_attention_heads", "ffn_hidden_size", "kv_channels", "normalization",
-        "layernorm_epsilon", "add_bias_linear", "swiglu", "position_embedding_type", "rotary_percent", "rotary_base",
+        "num_layers",
+        "hidden_size",
+        "num_attention_heads",
+        "ffn_hidden_size",
+        "kv_channels",
+        "normalization",
+        "layernorm_epsilon",
+        "add_bias_linear",
+        "swiglu",
+        "position_embedding_type",
+        "rotary_percent",
+        "rotary_base",
     ),
-    "model": ("max_position_embeddings", "make_vocab_size_divisible_by", "untie_embeddings_and_output_weights"),
+    "model": (
+        "max_position_embeddings",
+        "make_vocab_size_divisible_by",
+        "untie_embeddings_and_output_weights",
+    ),
 }
 
 
@@ -245,7 +283,11 @@ def stored_args(root: str, step: Optional[int] = None) -> Dict[str, Any]:
     if iteration is None:
         raise FileNotFoundError(f"--use-checkpoint-args: no {TRACKER_FILENAME} in --load {root}")
     folder = checkpoint_dir(root, iteration, release)
-    shards = sorted(d for d in os.listdir(folder) if d.startswith("mp_rank_")) if os.path.isdir(folder) else []
+    shards = (
+        sorted(d for d in os.listdir(folder) if d.startswith("mp_rank_"))
+        if os.path.isdir(folder)
+        else []
+    )
     if not shards:
         raise FileNotFoundError(f"--use-checkpoint-args: {folder} holds no mp_rank_* shard")
     path = os.path.join(folder, shards[0], "model_optim_rng.pt")

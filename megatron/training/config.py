@@ -76,14 +76,18 @@ class TrainingConfig:
                 "--rampup-batch-size takes 3 numbers: <start batch> <increment> <ramp-up samples>, "
                 f"got {self.rampup_batch_size}"
             )
-        budgets = [x for x in (self.train_iters, self.train_samples, self.train_tokens) if x is not None]
+        budgets = [
+            x for x in (self.train_iters, self.train_samples, self.train_tokens) if x is not None
+        ]
         if len(budgets) > 1 and not (self.train_tokens is not None and len(budgets) == 2):
             raise ValueError(
                 "give only one of --train-iters and --train-samples (--train-tokens may be combined "
                 "with either as an extra stop condition)"
             )
         if self.dataloader_type not in ("single", "cyclic"):
-            raise ValueError(f"--dataloader-type must be single or cyclic, got {self.dataloader_type!r}")
+            raise ValueError(
+                f"--dataloader-type must be single or cyclic, got {self.dataloader_type!r}"
+            )
         for name in ("eval_interval", "log_interval"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
@@ -128,7 +132,9 @@ class SchedulerConfig:
     def __post_init__(self) -> None:
         styles = ("constant", "linear", "cosine", "inverse-square-root")
         if self.lr_decay_style not in styles:
-            raise ValueError(f"--lr-decay-style must be one of {styles}, got {self.lr_decay_style!r}")
+            raise ValueError(
+                f"--lr-decay-style must be one of {styles}, got {self.lr_decay_style!r}"
+            )
         if self.override_opt_param_scheduler and self.use_checkpoint_opt_param_scheduler:
             raise ValueError(
                 "--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler exclude each other"
@@ -136,7 +142,9 @@ class SchedulerConfig:
         if self.lr_warmup_fraction is not None and (self.lr_warmup_iters or self.lr_warmup_samples):
             raise ValueError("give --lr-warmup-fraction or --lr-warmup-iters/samples, not both")
         if self.lr_warmup_fraction is not None and not 0.0 <= self.lr_warmup_fraction <= 1.0:
-            raise ValueError(f"--lr-warmup-fraction must be in [0, 1], got {self.lr_warmup_fraction}")
+            raise ValueError(
+                f"--lr-warmup-fraction must be in [0, 1], got {self.lr_warmup_fraction}"
+            )
 
 
 @dataclasses.dataclass
@@ -211,7 +219,9 @@ class ParallelConfig:
 
     def __post_init__(self) -> None:
         if self.distributed_backend not in (None, "nccl", "gloo"):
-            raise ValueError(f"--distributed-backend must be nccl or gloo, got {self.distributed_backend!r}")
+            raise ValueError(
+                f"--distributed-backend must be nccl or gloo, got {self.distributed_backend!r}"
+            )
         if self.tensor_model_parallel_size < 1 or self.pipeline_model_parallel_size < 1:
             raise ValueError("parallel sizes must be >= 1")
 
@@ -257,7 +267,9 @@ class ModelConfig:
         if self.make_vocab_size_divisible_by < 1:
             raise ValueError("--make-vocab-size-divisible-by must be >= 1")
         if self.bert_binary_head_type not in ("sop", "nsp"):
-            raise ValueError(f"--bert-binary-head-type must be sop or nsp, got {self.bert_binary_head_type!r}")
+            raise ValueError(
+                f"--bert-binary-head-type must be sop or nsp, got {self.bert_binary_head_type!r}"
+            )
 
 
 @dataclasses.dataclass

@@ -22,7 +22,10 @@ def core_dataset_kwargs(run: RunConfig) -> Dict[str, Any]:
     if d.data_path:
         blend = parse_data_path(d.data_path)
     else:
-        per_split = [parse_data_path(p) if p else None for p in (d.train_data_path, d.valid_data_path, d.test_data_path)]
+        per_split = [
+            parse_data_path(p) if p else None
+            for p in (d.train_data_path, d.valid_data_path, d.test_data_path)
+        ]
     return dict(
         random_seed=run.training.seed,
         sequence_length=run.model.seq_length,
@@ -39,7 +42,11 @@ def build_datasets(dataset_cls, config, num_samples: Sequence[int]):
     """(train, valid, test): global rank 0 builds and caches the indices, the others load them."""
     if dist.is_initialized():
         return build_train_valid_test_datasets(
-            dataset_cls, num_samples, config, is_built_on_rank=lambda: dist.get_rank() == 0, synchronize=dist.barrier
+            dataset_cls,
+            num_samples,
+            config,
+            is_built_on_rank=lambda: dist.get_rank() == 0,
+            synchronize=dist.barrier,
         )
     return build_train_valid_test_datasets(dataset_cls, num_samples, config)
 
@@ -60,7 +67,12 @@ class MockGPTDataset:
     """Random tokens for --mock-data (sample i is the same on every rank and every run)."""
 
     def __init__(self, num_samples: int, seq_length: int, vocab_size: int, seed: int):
-        self.num_samples, self.seq_length, self.vocab_size, self.seed = num_samples, seq_length, vocab_size, seed
+        self.num_samples, self.seq_length, self.vocab_size, self.seed = (
+            num_samples,
+            seq_length,
+            vocab_size,
+            seed,
+        )
 
     def __len__(self) -> int:
         return self.num_samples

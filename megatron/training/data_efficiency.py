@@ -17,10 +17,24 @@ from __future__ import annotations
 import logging
 from typing import Any, Dict, Iterator, Optional, Tuple
 
-from megatron.core.data_efficiency.config import SEQLEN_RESHAPE, SEQLEN_TRUNCATE, DeepSpeedConfig, load_deepspeed_config
-from megatron.core.data_efficiency.pacing import curriculum_difficulties, random_ltd_effective_seqlen, random_ltd_value
+from megatron.core.data_efficiency.config import (
+    SEQLEN_RESHAPE,
+    SEQLEN_TRUNCATE,
+    DeepSpeedConfig,
+    load_deepspeed_config,
+)
+from megatron.core.data_efficiency.pacing import (
+    curriculum_difficulties,
+    random_ltd_effective_seqlen,
+    random_ltd_value,
+)
 from megatron.core.data_efficiency.random_ltd.routing import RandomLTDState, check_random_ltd_config
-from megatron.core.data_efficiency.seqlen import gpt_batch_shape_at_step, post_process_batch, seqlen_at_step, seqlen_mode
+from megatron.core.data_efficiency.seqlen import (
+    gpt_batch_shape_at_step,
+    post_process_batch,
+    seqlen_at_step,
+    seqlen_mode,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,14 +55,25 @@ class DataEfficiency:
         dp_rank: data-parallel rank of this process.
     """
 
-    def __init__(self, ds_config: Optional[DeepSpeedConfig], model_type: str, seq_length: int, num_layers: int,
-                 sequence_parallel: bool, pipeline_parallel: bool, seed: int, dp_rank: int):
+    def __init__(
+        self,
+        ds_config: Optional[DeepSpeedConfig],
+        model_type: str,
+        seq_length: int,
+        num_layers: int,
+        sequence_parallel: bool,
+        pipeline_parallel: bool,
+        seed: int,
+        dp_rank: int,
+    ):
         self.ds = ds_config
         self.model_type, self.seq_length, self.num_layers = model_type, seq_length, num_layers
         self.seed, self.dp_rank = seed, dp_rank
         self.trim_padding = not pipeline_parallel
         de = ds_config.data_efficiency if ds_config is not None else None
-        self.curriculum = de.curriculum_learning if de is not None and de.curriculum_learning.enabled else None
+        self.curriculum = (
+            de.curriculum_learning if de is not None and de.curriculum_learning.enabled else None
+        )
         self.legacy = ds_config.curriculum_learning if ds_config is not None else None
         if self.legacy is not None and not self.legacy.enabled:
             self.legacy = None
@@ -66,8 +91,12 @@ class DataEfficiency:
                 f"data_routing.random_ltd.total_layer_num is {ltd.total_layer_num} but --num-layers is "
                 f"{self.num_layers}; make them equal"
             )
-        self.ltd_layers = check_random_ltd_config(self.num_layers, ltd.random_ltd_layer_id, sequence_parallel)
-        if ltd.random_ltd_layer_num is not None and ltd.random_ltd_layer_num != len(self.ltd_layers):
+        self.ltd_layers = check_random_ltd_config(
+            self.num_layers, ltd.random_ltd_layer_id, sequence_parallel
+        )
+        if ltd.random_ltd_layer_num is not None and ltd.random_ltd_layer_num != len(
+            self.ltd_layers
+        ):
             raise ValueError(
                 f"data_routing.random_ltd.random_ltd_layer_num is {ltd.random_ltd_layer_num} but "
                 f"random_ltd_layer_id lists {len(self.ltd_layers)} layers"
@@ -77,7 +106,8 @@ class DataEfficiency:
         if ltd.random_ltd_schedule.max_value > self.seq_length:
             logger.warning(
                 "random_ltd_schedule.max_value %d exceeds --seq-length %d: K is capped at the length",
-                ltd.random_ltd_schedule.max_value, self.seq_length,
+                ltd.random_ltd_schedule.max_value,
+                self.seq_length,
             )
 
     @property
@@ -87,8 +117,10 @@ class DataEfficiency:
     @property
     def changes_seqlen(self) -> bool:
         """Whether the model input length can differ from --seq-length."""
-        return self.ds is not None and seqlen_mode(self.ds)[0] != "none" and (
-            self.curriculum is not None or self.legacy is not None
+        return (
+            self.ds is not None
+            and seqlen_mode(self.ds)[0] != "none"
+            and (self.curriculum is not None or self.legacy is not None)
         )
 
     # ---- dataset metrics -------------------------------------------------------------------
@@ -140,7 +172,9 @@ class DataEfficiency:
             length = random_ltd_effective_seqlen(length, k, self.num_layers, len(self.ltd_layers))
         return rows_total * length
 
-    def layer_tokens_per_step(self, step: int, global_batch_size: int, micro_batch_size: int) -> int:
+    def layer_tokens_per_step(
+        self, step: int, global_batch_size: int, micro_batch_size: int
+    ) -> int:
         """Layer-tokens of step `step` (sum over layers of the tokens each layer processed)."""
         rows, length = self.batch_shape(step, micro_batch_size)
         rows_total = global_batch_size // micro_batch_size * rows
@@ -158,22 +192,32 @@ class DataEfficiency:
                 if name not in _POST_PROCESSING_METRICS:
                     fields[f"difficulty {name}"] = value
         if self.ltd is not None:
-            fields["random-LTD kept tokens"] = self.keep(step, self.batch_shape(step, micro_batch_size)[1])
+            fields["random-LTD kept tokens"] = self.keep(
+                step, self.batch_shape(step, micro_batch_size)[1]
+            )
         return fields
 
     # ---- data --------------------------------------------------------------------------------
-    def step_iterator(self, data_iterator, step: int, num_micro: int, train: bool = True) -> Iterator[Dict]:
+    def step_iterator(
+        self, data_iterator, step: int, num_micro: int, train: bool = True
+    ) -> Iterator[Dict]:
         """This step's micro-batches: post-processed, with their RandomLTDState attached."""
         for m in range(num_micro):
             batch = next(data_iterator)
             if train and self.changes_seqlen:
-                batch = post_process_batch(self.ds, step, batch, self.seq_length, self.model_type, self.trim_padding)
+                batch = post_process_batch(
+                    self.ds, step, batch, self.seq_length, self.model_type, self.trim_padding
+                )
             if train and self.ltd is not None:
                 length = _batch_length(batch, self.model_type)
                 batch = dict(batch)
                 batch["random_ltd"] = RandomLTDState(
-                    seed=self.seed, step=step, microbatch=m, dp_rank=self.dp_rank,
-                    keep=self.keep(step, length), layer_ids=frozenset(self.ltd_layers),
+                    seed=self.seed,
+                    step=step,
+                    microbatch=m,
+                    dp_rank=self.dp_rank,
+                    keep=self.keep(step, length),
+                    layer_ids=frozenset(self.ltd_layers),
                 )
             yield batch
 
@@ -188,10 +232,18 @@ class DataEfficiency:
         if values is None and hasattr(dataset, "datasets"):  # a blend: values of its members
             from megatron.core.data_efficiency.analysis import blended_metric_values
 
-            values = {name: blended_metric_values(dataset, name) for name in self.dataset_metric_names()}
+            values = {
+                name: blended_metric_values(dataset, name) for name in self.dataset_metric_names()
+            }
         self._check_analysis_matches(dataset)
         self.sampler = CurriculumSampler(
-            self.ds.data_efficiency, len(dataset), micro_batch_size, self.dp_rank, dp_size, global_batch_at, values,
+            self.ds.data_efficiency,
+            len(dataset),
+            micro_batch_size,
+            self.dp_rank,
+            dp_size,
+            global_batch_at,
+            values,
         )
         return self.sampler
 
@@ -212,7 +264,9 @@ class DataEfficiency:
             stem = os.path.basename(path).split("_index_to_sample")[0]
             info_path = os.path.join(os.path.dirname(path), f"{stem}_analysis.json")
             if not os.path.isfile(info_path) or ours is None:
-                logger.info("curriculum metric %s: %s has no dataset record; not checked", name, path)
+                logger.info(
+                    "curriculum metric %s: %s has no dataset record; not checked", name, path
+                )
                 continue
             with open(info_path, encoding="utf-8") as f:
                 theirs = json.load(f).get("fingerprint", {}).get("source", {}).get("dataset")
@@ -233,7 +287,9 @@ class DataEfficiency:
         return {
             "config": self.ds.to_plain_dict(),
             "iteration": iteration,
-            "sampler": self.sampler.state_dict(step=iteration) if self.sampler is not None else None,
+            "sampler": self.sampler.state_dict(step=iteration)
+            if self.sampler is not None
+            else None,
         }
 
     def load_state_dict(self, state: Optional[Dict[str, Any]], iteration: int) -> None:
@@ -243,7 +299,9 @@ class DataEfficiency:
         if state and state.get("sampler"):
             self.sampler.load_state_dict(state["sampler"])
         elif iteration:
-            logger.warning("checkpoint has no curriculum sampler state: replaying %d steps", iteration)
+            logger.warning(
+                "checkpoint has no curriculum sampler state: replaying %d steps", iteration
+            )
             self.sampler.fast_forward(iteration)
 
 
@@ -258,8 +316,14 @@ def build_data_efficiency(run, model_type: str, pstate) -> DataEfficiency:
     de_flags = run.data_efficiency
     ds = load_deepspeed_config(de_flags.deepspeed_config) if de_flags.deepspeed_config else None
     obj = DataEfficiency(
-        ds, model_type, run.model.seq_length, run.transformer.num_layers, run.transformer.sequence_parallel,
-        run.parallel.pipeline_model_parallel_size > 1, run.training.seed, pstate.dp_rank,
+        ds,
+        model_type,
+        run.model.seq_length,
+        run.transformer.num_layers,
+        run.transformer.sequence_parallel,
+        run.parallel.pipeline_model_parallel_size > 1,
+        run.training.seed,
+        pstate.dp_rank,
     )
     curriculum_on = obj.curriculum is not None or obj.legacy is not None
     if de_flags.data_efficiency_curriculum_learning and obj.curriculum is None:
@@ -268,11 +332,16 @@ def build_data_efficiency(run, model_type: str, pstate) -> DataEfficiency:
             "data_efficiency.data_sampling.curriculum_learning enabled"
         )
     if de_flags.random_ltd and obj.ltd is None:
-        raise ValueError("--random-ltd needs --deepspeed_config with data_efficiency.data_routing.random_ltd enabled")
+        raise ValueError(
+            "--random-ltd needs --deepspeed_config with data_efficiency.data_routing.random_ltd enabled"
+        )
     if obj.ltd is not None and not de_flags.random_ltd:
         logger.info("random-LTD is enabled by --deepspeed_config (--random-ltd not given)")
     if curriculum_on:
-        logger.info("curriculum learning on: %s", ", ".join(obj.curriculum.curriculum_metrics) if obj.curriculum else "legacy seqlen")
+        logger.info(
+            "curriculum learning on: %s",
+            ", ".join(obj.curriculum.curriculum_metrics) if obj.curriculum else "legacy seqlen",
+        )
     if obj.ltd is not None:
         logger.info("random-LTD on layers %s", list(obj.ltd_layers))
     return obj

@@ -13,7 +13,14 @@ import torch
 
 
 class _SamplerBase:
-    def __init__(self, total_samples: int, consumed_samples: int, micro_batch_size: int, dp_rank: int, dp_size: int):
+    def __init__(
+        self,
+        total_samples: int,
+        consumed_samples: int,
+        micro_batch_size: int,
+        dp_rank: int,
+        dp_size: int,
+    ):
         if total_samples <= 0:
             raise ValueError(f"the dataset has no samples (total {total_samples})")
         if not 0 <= dp_rank < dp_size:

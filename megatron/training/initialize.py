@@ -16,7 +16,11 @@ import torch.distributed as dist
 
 from megatron.core.models.common import pad_vocab_size
 from megatron.core.parallel_state import ParallelState
-from megatron.core.tensor_parallel.random import MODEL_PARALLEL_RNG, RNGStatesTracker, model_parallel_seed
+from megatron.core.tensor_parallel.random import (
+    MODEL_PARALLEL_RNG,
+    RNGStatesTracker,
+    model_parallel_seed,
+)
 
 from .arguments import RunConfig
 
@@ -52,7 +56,9 @@ def setup_logging(rank: int) -> None:
 
 def init_distributed(run: RunConfig) -> ParallelState:
     """Initialise torch.distributed from torchrun's environment and build the process groups."""
-    world_size = dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    world_size = (
+        dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", "1"))
+    )
     timeout = datetime.timedelta(minutes=run.parallel.distributed_timeout_minutes)
     if world_size == 1 and not dist.is_initialized():
         return ParallelState.single()
@@ -65,7 +71,9 @@ def init_distributed(run: RunConfig) -> ParallelState:
         dist.init_process_group(backend=backend, timeout=timeout)
     p = run.parallel
     vpp = run.transformer.virtual_pipeline_model_parallel_size
-    return ParallelState.initialize(p.tensor_model_parallel_size, p.pipeline_model_parallel_size, vpp, timeout)
+    return ParallelState.initialize(
+        p.tensor_model_parallel_size, p.pipeline_model_parallel_size, vpp, timeout
+    )
 
 
 def set_random_seeds(seed: int, pstate: ParallelState, device: torch.device) -> RNGStatesTracker:
@@ -86,17 +94,38 @@ def initialize(run: RunConfig) -> Runtime:
     rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
     setup_logging(rank)
     pstate = init_distributed(run)
-    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    device = (
+        torch.device("cuda", torch.cuda.current_device())
+        if torch.cuda.is_available()
+        else torch.device("cpu")
+    )
     tracker = set_random_seeds(run.training.seed, pstate, device)
     tokenizer, padded = None, None
     if run.tokenizer is not None:
         from megatron.tokenizer import build_tokenizer
 
         tokenizer = build_tokenizer(run.tokenizer)
-        padded = pad_vocab_size(tokenizer.vocab_size, run.model.make_vocab_size_divisible_by, pstate.tp_size)
-        logger.info("tokenizer %s: %d ids, padded to %d", run.tokenizer.tokenizer_type, tokenizer.vocab_size, padded)
+        padded = pad_vocab_size(
+            tokenizer.vocab_size, run.model.make_vocab_size_divisible_by, pstate.tp_size
+        )
+        logger.info(
+            "tokenizer %s: %d ids, padded to %d",
+            run.tokenizer.tokenizer_type,
+            tokenizer.vocab_size,
+            padded,
+        )
     logger.info(
         "initialised %d process(es): TP %d, PP %d, DP %d on %s",
-        pstate.layout.world_size, pstate.tp_size, pstate.pp_size, pstate.dp_size, device,
+        pstate.layout.world_size,
+        pstate.tp_size,
+        pstate.pp_size,
+        pstate.dp_size,
+        device,
     )
-    return Runtime(pstate=pstate, device=device, rng_tracker=tracker, tokenizer=tokenizer, padded_vocab_size=padded)
+    return Runtime(
+        pstate=pstate,
+        device=device,
+        rng_tracker=tracker,
+        tokenizer=tokenizer,
+        padded_vocab_size=padded,
+    )

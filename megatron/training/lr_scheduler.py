@@ -46,7 +46,12 @@ class OptimizerParamScheduler:
     ):
         if min_lr > max_lr:
             raise ValueError(f"--min-lr {min_lr} is larger than --lr {max_lr}")
-        if decay_style != "constant" and not decay_steps and not decay_tokens and not decay_layer_tokens:
+        if (
+            decay_style != "constant"
+            and not decay_steps
+            and not decay_tokens
+            and not decay_layer_tokens
+        ):
             raise ValueError(
                 f"--lr-decay-style {decay_style} needs a decay span: --lr-decay-iters, "
                 "--lr-decay-samples, --lr-decay-tokens or a training budget"
@@ -131,11 +136,22 @@ class OptimizerParamScheduler:
             "num_layer_tokens": self.num_layer_tokens,
         }
 
-    def load_state_dict(self, sd: Dict, use_checkpoint: bool = False, override: bool = False) -> None:
+    def load_state_dict(
+        self, sd: Dict, use_checkpoint: bool = False, override: bool = False
+    ) -> None:
         """Restore progress; the schedule's shape comes from the checkpoint only with
         use_checkpoint, and a mismatch with the command line is an error unless override."""
-        keys = ("max_lr", "min_lr", "decay_style", "warmup_steps", "decay_steps", "warmup_tokens", "decay_tokens",
-                "warmup_layer_tokens", "decay_layer_tokens")
+        keys = (
+            "max_lr",
+            "min_lr",
+            "decay_style",
+            "warmup_steps",
+            "decay_steps",
+            "warmup_tokens",
+            "decay_tokens",
+            "warmup_layer_tokens",
+            "decay_layer_tokens",
+        )
         if not override:
             for k in keys:
                 if use_checkpoint:

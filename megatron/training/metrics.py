@@ -12,7 +12,9 @@ from megatron.core.transformer.config import TransformerConfig
 logger = logging.getLogger(__name__)
 
 
-def flops_per_token(cfg: TransformerConfig, seq_length: int, vocab_size: int, causal: bool = True) -> float:
+def flops_per_token(
+    cfg: TransformerConfig, seq_length: int, vocab_size: int, causal: bool = True
+) -> float:
     """Model FLOPs per token of one forward + backward pass (3x the forward).
 
     Forward, per layer and token, counting a multiply-add as 2 FLOPs:
@@ -26,7 +28,13 @@ def flops_per_token(cfg: TransformerConfig, seq_length: int, vocab_size: int, ca
     """
     h, a, f = cfg.hidden_size, cfg.num_attention_heads * cfg.kv_channels, cfg.ffn_hidden_size
     attn_span = seq_length / 2 if causal else seq_length
-    per_layer = 2 * h * 3 * a + 4 * attn_span * a + 2 * a * h + 2 * h * f * (2 if cfg.swiglu else 1) + 2 * f * h
+    per_layer = (
+        2 * h * 3 * a
+        + 4 * attn_span * a
+        + 2 * a * h
+        + 2 * h * f * (2 if cfg.swiglu else 1)
+        + 2 * f * h
+    )
     return 3.0 * (cfg.num_layers * per_layer + 2 * h * vocab_size)
 
 
@@ -110,11 +118,20 @@ def build_sinks(logging_cfg, rank: int, config_dict: Dict) -> MetricSink:
     if logging_cfg.tensorboard_dir:
         sinks.append(TensorBoardSink(logging_cfg.tensorboard_dir))
     if logging_cfg.wandb_project:
-        sinks.append(WandbSink(logging_cfg.wandb_project, logging_cfg.wandb_exp_name, logging_cfg.wandb_save_dir, config_dict))
+        sinks.append(
+            WandbSink(
+                logging_cfg.wandb_project,
+                logging_cfg.wandb_exp_name,
+                logging_cfg.wandb_save_dir,
+                config_dict,
+            )
+        )
     return MultiSink(sinks)
 
 
-def format_iteration_line(fields: Dict[str, object], iteration: int, train_iters: Optional[int]) -> str:
+def format_iteration_line(
+    fields: Dict[str, object], iteration: int, train_iters: Optional[int]
+) -> str:
     """Megatron's `iteration N/ M | key: value | ...` line."""
     total = f"{train_iters:8d}" if train_iters else "       ?"
     parts = [f" iteration {iteration:8d}/{total}"]

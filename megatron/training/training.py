@@ -85,7 +85,10 @@ def schedule_spans(run: RunConfig, train_samples: int) -> Dict[str, Optional[int
     elif s.lr_decay_iters is not None:
         decay, decay_src = s.lr_decay_iters * gbs, "--lr-decay-iters"
     else:
-        decay, decay_src = train_samples or None, "the training budget (--train-iters/--train-samples)"
+        decay, decay_src = (
+            train_samples or None,
+            "the training budget (--train-iters/--train-samples)",
+        )
     decay_tokens = s.lr_decay_tokens
     if decay_tokens is None and not decay and run.training.train_tokens:
         decay_tokens = run.training.train_tokens
@@ -103,17 +106,31 @@ def schedule_spans(run: RunConfig, train_samples: int) -> Dict[str, Optional[int
         raise ValueError(
             f"--lr-warmup-tokens {s.lr_warmup_tokens} must be smaller than the token decay span {decay_tokens}"
         )
-    return dict(warmup_steps=warmup, decay_steps=decay, warmup_tokens=s.lr_warmup_tokens, decay_tokens=decay_tokens)
+    return dict(
+        warmup_steps=warmup,
+        decay_steps=decay,
+        warmup_tokens=s.lr_warmup_tokens,
+        decay_tokens=decay_tokens,
+    )
 
 
-def build_scheduler(run: RunConfig, optimizer, train_samples: int, de=None) -> OptimizerParamScheduler:
+def build_scheduler(
+    run: RunConfig, optimizer, train_samples: int, de=None
+) -> OptimizerParamScheduler:
     """Learning-rate schedule in samples (or tokens, or random-LTD layer-tokens) from the lr flags,
     the budget and the data_efficiency config's layer_token_lr_schedule."""
     spans = schedule_spans(run, train_samples)
     lt = de.ltd.layer_token_lr_schedule if de is not None and de.ltd is not None else None
     if lt is not None and lt.enabled:
-        spans.update(warmup_layer_tokens=lt.warmup_layer_tokens or None, decay_layer_tokens=lt.total_layer_tokens)
-        logger.info("lr schedule in layer-tokens: warmup %s, decay over %s", lt.warmup_layer_tokens, lt.total_layer_tokens)
+        spans.update(
+            warmup_layer_tokens=lt.warmup_layer_tokens or None,
+            decay_layer_tokens=lt.total_layer_tokens,
+        )
+        logger.info(
+            "lr schedule in layer-tokens: warmup %s, decay over %s",
+            lt.warmup_layer_tokens,
+            lt.total_layer_tokens,
+        )
     return OptimizerParamScheduler(
         optimizer,
         max_lr=run.optimizer.lr,
@@ -134,7 +151,11 @@ def build_model(model_provider: Callable, run: RunConfig, rt: Runtime) -> List[t
         pre = pstate.is_pipeline_first_stage()
         post = pstate.is_pipeline_last_stage()
         model = model_provider(run, rt, pre, post, vp if vpp else None)
-        gen_device = "cpu" if run.parallel.use_cpu_initialization or rt.device.type == "cpu" else rt.device.type
+        gen_device = (
+            "cpu"
+            if run.parallel.use_cpu_initialization or rt.device.type == "cpu"
+            else rt.device.type
+        )
         model.to(rt.device)
         unwrap(model).initialize(run.training.seed, gen_device)
         chunks.append(model)
@@ -150,7 +171,9 @@ def build_model(model_provider: Callable, run: RunConfig, rt: Runtime) -> List[t
 
 
 # ---- data ----------------------------------------------------------------------------------
-def build_data_loader(dataset, consumed: int, run: RunConfig, rt: Runtime, cyclic: bool, sampler=None):
+def build_data_loader(
+    dataset, consumed: int, run: RunConfig, rt: Runtime, cyclic: bool, sampler=None
+):
     """Loader of this rank's micro-batches starting after `consumed` samples (None w/o data).
 
     `sampler` overrides the default batch sampler (the curriculum sampler does).
@@ -181,7 +204,9 @@ def _average_reports(reports: List[Dict[str, torch.Tensor]], pstate) -> Dict[str
     values: Dict[str, float] = {}
     if reports:  # the last pipeline stage
         keys = sorted(reports[0])
-        vals = torch.stack([torch.stack([r[k].detach().float().reshape(()).cpu() for k in keys]) for r in reports]).mean(0)
+        vals = torch.stack(
+            [torch.stack([r[k].detach().float().reshape(()).cpu() for k in keys]) for r in reports]
+        ).mean(0)
         if pstate.dp_group is not None:
             dist.all_reduce(vals, group=pstate.dp_group)
             vals /= pstate.dp_size
@@ -193,8 +218,20 @@ def _no_sync_func(model):
     return model[0].no_sync if len(model) == 1 else [m.no_sync for m in model]
 
 
-def train_step(forward_step, data_iterator, model, optimizer, scheduler, run, rt, num_micro, increment, tokens,
-               shape=None, layer_tokens=0):
+def train_step(
+    forward_step,
+    data_iterator,
+    model,
+    optimizer,
+    scheduler,
+    run,
+    rt,
+    num_micro,
+    increment,
+    tokens,
+    shape=None,
+    layer_tokens=0,
+):
     """Forward/backward over the micro-batches, gradient sync, optimizer step.
 
     `shape` is (rows, length) of this step's micro-batches (the curriculum may change it); every
@@ -204,7 +241,10 @@ def train_step(forward_step, data_iterator, model, optimizer, scheduler, run, rt
     for m in model:
         m.zero_grad_buffer()
     optimizer.zero_grad()
-    schedule = get_forward_backward_func(run.parallel.pipeline_model_parallel_size, run.transformer.virtual_pipeline_model_parallel_size)
+    schedule = get_forward_backward_func(
+        run.parallel.pipeline_model_parallel_size,
+        run.transformer.virtual_pipeline_model_parallel_size,
+    )
     reports = schedule(
         forward_step_func=forward_step,
         data_iterator=data_iterator,
@@ -230,15 +270,23 @@ def evaluate(forward_step, data_loader, model, run, rt, num_micro) -> Dict[str, 
     """Average reported values over --eval-iters global batches of `data_loader`."""
     for m in model:
         m.eval()
-    schedule = get_forward_backward_func(run.parallel.pipeline_model_parallel_size, run.transformer.virtual_pipeline_model_parallel_size)
+    schedule = get_forward_backward_func(
+        run.parallel.pipeline_model_parallel_size,
+        run.transformer.virtual_pipeline_model_parallel_size,
+    )
     it = iter(data_loader)
     totals: Dict[str, float] = {}
     for _ in range(run.training.eval_iters):
         reports = schedule(
-            forward_step_func=forward_step, data_iterator=it, model=model if len(model) > 1 else model[0],
-            num_microbatches=num_micro, seq_length=run.model.seq_length,
-            micro_batch_size=run.training.micro_batch_size, forward_only=True,
-            pstate=rt.pstate, config=run.transformer,
+            forward_step_func=forward_step,
+            data_iterator=it,
+            model=model if len(model) > 1 else model[0],
+            num_microbatches=num_micro,
+            seq_length=run.model.seq_length,
+            micro_batch_size=run.training.micro_batch_size,
+            forward_only=True,
+            pstate=rt.pstate,
+            config=run.transformer,
         )
         for k, v in _average_reports(reports, rt.pstate).items():
             totals[k] = totals.get(k, 0.0) + v / run.training.eval_iters
@@ -285,22 +333,48 @@ def save(run, rt, st, model, optimizer, scheduler):
     """Save a checkpoint of the current state to --save."""
     ck = run.checkpoint
     rt.last_saved_iteration = st.iteration
-    de_state = rt.data_efficiency.state_dict(st.iteration) if rt.data_efficiency is not None else None
+    de_state = (
+        rt.data_efficiency.state_dict(st.iteration) if rt.data_efficiency is not None else None
+    )
     ckpt.save_checkpoint(
-        ck.save, st.iteration, [unwrap(m) for m in model], optimizer, scheduler, rt.pstate, rt.rng_tracker,
-        run.to_plain_dict(), dataclasses.asdict(st), de_state, save_optim=not ck.no_save_optim,
+        ck.save,
+        st.iteration,
+        [unwrap(m) for m in model],
+        optimizer,
+        scheduler,
+        rt.pstate,
+        rt.rng_tracker,
+        run.to_plain_dict(),
+        dataclasses.asdict(st),
+        de_state,
+        save_optim=not ck.no_save_optim,
         save_rng=not ck.no_save_rng,
     )
 
 
-def _log_iteration(run, st, report, lr, gbs, elapsed, optimizer, grad_norm, interval_iters, tokens_interval, flops_tok,
-                   sink, extra=None):
+def _log_iteration(
+    run,
+    st,
+    report,
+    lr,
+    gbs,
+    elapsed,
+    optimizer,
+    grad_norm,
+    interval_iters,
+    tokens_interval,
+    flops_tok,
+    sink,
+    extra=None,
+):
     fields = {
         "consumed samples": st.consumed_train_samples,
         "consumed tokens": st.consumed_train_tokens,
         "elapsed time per iteration (ms)": elapsed * 1000.0 / interval_iters,
         "throughput (tokens/s)": tokens_interval / elapsed if elapsed > 0 else 0.0,
-        "TFLOP/s per rank": flops_tok * tokens_interval / elapsed / 1e12 / max(run.world_size, 1) if elapsed > 0 else 0.0,
+        "TFLOP/s per rank": flops_tok * tokens_interval / elapsed / 1e12 / max(run.world_size, 1)
+        if elapsed > 0
+        else 0.0,
         "learning rate": lr,
         "global batch size": gbs,
     }
@@ -338,7 +412,21 @@ def _run_evaluation(run, rt, st, forward_step, loader, model, calc, sink, label=
     return results
 
 
-def train(run, rt, st, forward_step, model, optimizer, scheduler, calc, train_loader, valid_loader, sink, flops_tok, history=None):
+def train(
+    run,
+    rt,
+    st,
+    forward_step,
+    model,
+    optimizer,
+    scheduler,
+    calc,
+    train_loader,
+    valid_loader,
+    sink,
+    flops_tok,
+    history=None,
+):
     """The training loop; returns the exit reason (None when the budget was spent).
 
     When `history` is a list, one dict per iteration is appended to it (iteration, reported
@@ -364,7 +452,17 @@ def train(run, rt, st, forward_step, model, optimizer, scheduler, calc, train_lo
             step_iter = de.step_iterator(data_iter, step, num_micro)
             timer.start()
             report, ok, grad_norm = train_step(
-                forward_step, step_iter, model, optimizer, scheduler, run, rt, num_micro, gbs, tokens, shape,
+                forward_step,
+                step_iter,
+                model,
+                optimizer,
+                scheduler,
+                run,
+                rt,
+                num_micro,
+                gbs,
+                tokens,
+                shape,
                 de.layer_tokens_per_step(step, gbs, mbs),
             )
             timer.stop()
@@ -379,15 +477,36 @@ def train(run, rt, st, forward_step, model, optimizer, scheduler, calc, train_lo
             interval_iters += 1
             tokens_interval += tokens
             if history is not None:
-                history.append({"iteration": st.iteration, **report, **de.log_fields(step, mbs), "lr": scheduler.get_lr(),
-                                "grad_norm": grad_norm, "update_successful": ok,
-                                "consumed_train_tokens": st.consumed_train_tokens})
+                history.append(
+                    {
+                        "iteration": st.iteration,
+                        **report,
+                        **de.log_fields(step, mbs),
+                        "lr": scheduler.get_lr(),
+                        "grad_norm": grad_norm,
+                        "update_successful": ok,
+                        "consumed_train_tokens": st.consumed_train_tokens,
+                    }
+                )
             for k, v in report.items():
                 report_acc[k] = report_acc.get(k, 0.0) + v
             if st.iteration % tr.log_interval == 0:
                 avg = {k: v / interval_iters for k, v in report_acc.items()}
-                _log_iteration(run, st, avg, scheduler.get_lr(), gbs, timer.reset(), optimizer, grad_norm,
-                               interval_iters, tokens_interval, flops_tok, sink, de.log_fields(step, mbs))
+                _log_iteration(
+                    run,
+                    st,
+                    avg,
+                    scheduler.get_lr(),
+                    gbs,
+                    timer.reset(),
+                    optimizer,
+                    grad_norm,
+                    interval_iters,
+                    tokens_interval,
+                    flops_tok,
+                    sink,
+                    de.log_fields(step, mbs),
+                )
                 interval_iters, tokens_interval, report_acc = 0, 0, {}
             if valid_loader is not None and st.iteration % tr.eval_interval == 0:
                 _run_evaluation(run, rt, st, forward_step, valid_loader, model, calc, sink)
@@ -398,7 +517,9 @@ def train(run, rt, st, forward_step, model, optimizer, scheduler, calc, train_lo
             reason = None
             if _any_rank(exit_signal.received):
                 reason = "SIGTERM received"
-            elif tr.exit_duration_in_mins and _any_rank((time.time() - start_time) / 60.0 > tr.exit_duration_in_mins):
+            elif tr.exit_duration_in_mins and _any_rank(
+                (time.time() - start_time) / 60.0 > tr.exit_duration_in_mins
+            ):
                 reason = f"--exit-duration-in-mins {tr.exit_duration_in_mins} reached"
             elif tr.exit_interval and st.iteration % tr.exit_interval == 0:
                 reason = f"--exit-interval {tr.exit_interval} reached"
@@ -451,7 +572,11 @@ def _use_checkpoint_args(run: RunConfig) -> None:
     if not run.checkpoint.load:
         raise SystemExit("error: --use-checkpoint-args needs --load")
     stored = ckpt.stored_args(run.checkpoint.load, run.checkpoint.ckpt_step)
-    changes = {f: stored["transformer"][f] for f in ckpt.CHECKPOINT_ARCH_FIELDS["transformer"] if f in stored["transformer"]}
+    changes = {
+        f: stored["transformer"][f]
+        for f in ckpt.CHECKPOINT_ARCH_FIELDS["transformer"]
+        if f in stored["transformer"]
+    }
     run.transformer = dataclasses.replace(run.transformer, **changes)
     for f in ckpt.CHECKPOINT_ARCH_FIELDS["model"]:
         if f in stored.get("model", {}):
@@ -483,7 +608,10 @@ def pretrain(
     if run.checkpoint.use_checkpoint_args:
         _use_checkpoint_args(run)
     calc = MicroBatchCalculator(
-        run.training.global_batch_size, run.training.micro_batch_size, run.data_parallel_size, run.training.rampup_batch_size
+        run.training.global_batch_size,
+        run.training.micro_batch_size,
+        run.data_parallel_size,
+        run.training.rampup_batch_size,
     )
     n_train = train_num_samples(run, calc)
     try:
@@ -523,12 +651,35 @@ def pretrain(
             raise ValueError("no training samples: check --data-path and --split")
         # A collective that fails because a rank died becomes an error naming that rank.
         with report_lost_ranks(run.parallel.distributed_timeout_minutes):
-            reason = train(run, rt, st, forward_step, model, optimizer, scheduler, calc, train_loader,
-                           valid_loader, sink, flops_tok, history)
+            reason = train(
+                run,
+                rt,
+                st,
+                forward_step,
+                model,
+                optimizer,
+                scheduler,
+                calc,
+                train_loader,
+                valid_loader,
+                sink,
+                flops_tok,
+                history,
+            )
         if run.checkpoint.save and reason is None and rt.last_saved_iteration != st.iteration:
             save(run, rt, st, model, optimizer, scheduler)
     if reason is None:
-        _run_evaluation(run, rt, st, forward_step, valid_loader, model, calc, sink, "validation (end of training)")
+        _run_evaluation(
+            run,
+            rt,
+            st,
+            forward_step,
+            valid_loader,
+            model,
+            calc,
+            sink,
+            "validation (end of training)",
+        )
         _run_evaluation(run, rt, st, forward_step, test_loader, model, calc, sink, "test")
     sink.flush()
     return st

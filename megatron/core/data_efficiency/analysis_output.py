@@ -73,7 +73,6 @@ def metric_prefix(save_path: str, name: str, kind: str) -> str:
     return os.path.join(save_path, name, f"{name}_{kind}")
 
 
-
 def write_rows(prefix: str, flat: np.ndarray, row_sizes: np.ndarray, dtype, doc_index) -> None:
     """Write rows (the consecutive runs of `flat` of `row_sizes`) as an MMIDIDX pair, atomically.
 

@@ -20,7 +20,9 @@ def load_function(target: str, what: str, error: Type[Exception] = ValueError) -
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:
-        raise error(f"{what} {target!r}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH?") from exc
+        raise error(
+            f"{what} {target!r}: cannot import {module_name!r} ({exc}); is it on PYTHONPATH?"
+        ) from exc
     for part in attr.split("."):
         if not hasattr(obj, part):
             raise error(f"{what} {target!r}: {module_name!r} has no attribute {attr!r}")

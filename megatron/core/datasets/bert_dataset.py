@@ -225,7 +225,6 @@ def _split_sentences(
     return docs, indexed_dataset.sequence_lengths[sentence_ids], sentence_ids
 
 
-
 def truncate_seq_pair(
     a: np.ndarray, b: np.ndarray, max_tokens: int, rng: np.random.RandomState
 ) -> Tuple[np.ndarray, np.ndarray, bool]:

@@ -220,7 +220,12 @@ def _build_all(dataset_cls, num_samples_per_split, config) -> List[Optional[obje
         if fractions[i] == 0.0:
             # A split given zero weight (e.g. --split 95,5,0) simply has no dataset, as in Megatron.
             if n:
-                logger.info("--split %s gives the %s split no documents: no %s dataset", config.split, split, split)
+                logger.info(
+                    "--split %s gives the %s split no documents: no %s dataset",
+                    config.split,
+                    split,
+                    split,
+                )
             datasets.append(None)
             continue
         ranges = [r[i] for r in per_prefix]

@@ -151,7 +151,11 @@ class _Index:
         if n:
             ends = self.pointers + self.sizes.astype(np.int64) * itemsize
             if self.pointers[0] != 0 or np.any(self.pointers[1:] != ends[:-1]):
-                bad = 0 if self.pointers[0] != 0 else 1 + int(np.argmax(self.pointers[1:] != ends[:-1]))
+                bad = (
+                    0
+                    if self.pointers[0] != 0
+                    else 1 + int(np.argmax(self.pointers[1:] != ends[:-1]))
+                )
                 raise IndexedDatasetError(
                     f"{path}: pointer of sequence {bad} is {self.pointers[bad]}, expected "
                     f"{0 if bad == 0 else ends[bad - 1]} (sequences must be contiguous); index is corrupt"
@@ -166,7 +170,12 @@ class _Index:
                 f"({int(self.sizes.sum(dtype=np.int64))} tokens of {self.dtype.name}), file has {bin_size}"
             )
         doc = self.document_indices
-        if len(doc) == 0 or doc[0] != 0 or doc[-1] != n or (len(doc) > 1 and np.any(np.diff(doc) < 0)):
+        if (
+            len(doc) == 0
+            or doc[0] != 0
+            or doc[-1] != n
+            or (len(doc) > 1 and np.any(np.diff(doc) < 0))
+        ):
             raise IndexedDatasetError(
                 f"{path}: document indices must start at 0, never decrease and end at the number "
                 f"of sequences ({n}); got {len(doc)} entries starting {doc[:3].tolist()} and ending "

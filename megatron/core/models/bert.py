@@ -9,8 +9,17 @@ import torch.nn.functional as F
 
 from ..parallel_state import ParallelState
 from ..tensor_parallel import vocab_parallel_cross_entropy
-from ..tensor_parallel.layers import ColumnParallelLinear, mark_tensor_parallel, parallel_lm_logits, set_init
-from ..tensor_parallel.mappings import gather_from_sequence_parallel_region, gather_from_tensor_parallel_region, group_size
+from ..tensor_parallel.layers import (
+    ColumnParallelLinear,
+    mark_tensor_parallel,
+    parallel_lm_logits,
+    set_init,
+)
+from ..tensor_parallel.mappings import (
+    gather_from_sequence_parallel_region,
+    gather_from_tensor_parallel_region,
+    group_size,
+)
 from ..transformer.block import TransformerBlock
 from ..transformer.config import TransformerConfig
 from ..transformer.norm import build_norm
@@ -88,8 +97,12 @@ class BertModel(LanguageModelChunk):
             if not pre_process:
                 # Last stage's copy of the tied word embeddings (same init, grads synchronised).
                 self.output_layer = ColumnParallelLinear(
-                    config.hidden_size, vocab_size, tp_group=tp_group, bias=False,
-                    init_std=config.init_method_std, params_dtype=config.params_dtype,
+                    config.hidden_size,
+                    vocab_size,
+                    tp_group=tp_group,
+                    bias=False,
+                    init_std=config.init_method_std,
+                    params_dtype=config.params_dtype,
                 )
                 w = self.output_layer.weight
                 w.init_key, w.shared_embedding = WORD_EMBEDDINGS, True
@@ -155,8 +168,12 @@ class BertModel(LanguageModelChunk):
             pooled = torch.tanh(self.pooler(hidden[0]))  # [CLS] state, [b, h]
             binary_logits = self.binary_head(pooled)  # [b, 2]
         transformed = self.lm_head(hidden)  # [s, b, h]
-        logits = parallel_lm_logits(transformed, self.output_weight(), tp_group, False, self.lm_head.bias)
+        logits = parallel_lm_logits(
+            transformed, self.output_weight(), tp_group, False, self.lm_head.bias
+        )
         if lm_labels is None:
-            return gather_from_tensor_parallel_region(logits, tp_group).transpose(0, 1), binary_logits
+            return gather_from_tensor_parallel_region(logits, tp_group).transpose(
+                0, 1
+            ), binary_logits
         loss = vocab_parallel_cross_entropy(logits, lm_labels.t(), tp_group)  # [s, b]
         return loss.t(), binary_logits

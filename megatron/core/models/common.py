@@ -84,7 +84,11 @@ class LanguageModelEmbedding(torch.nn.Module):
             emb = emb + self.tokentype_embeddings(tokentype_ids.t())
         if self.config.sequence_parallel:
             emb = scatter_to_sequence_parallel_region(emb, self.tp_group)
-            fork = self.rng_tracker.fork() if self.rng_tracker is not None else contextlib.nullcontext()
+            fork = (
+                self.rng_tracker.fork()
+                if self.rng_tracker is not None
+                else contextlib.nullcontext()
+            )
         else:
             fork = contextlib.nullcontext()
         p = self.config.hidden_dropout if self.training else 0.0
@@ -106,7 +110,7 @@ def global_named_parameters(model: torch.nn.Module) -> Iterator[Tuple[str, torch
         m = _LAYER_RE.match(name)
         if m:
             global_idx = layers[int(m.group(1))].layer_number - 1
-            name = f"decoder.layers.{global_idx}." + name[m.end():]
+            name = f"decoder.layers.{global_idx}." + name[m.end() :]
         yield name, p
 
 
@@ -131,7 +135,11 @@ class LanguageModelChunk(torch.nn.Module):
     def initialize(self, seed: int, generator_device: str = "cpu") -> None:
         """Layout-independent init of every parameter (see tensor_parallel.init)."""
         initialize_parameters(
-            global_named_parameters(self), seed, self.pstate.tp_rank, self.pstate.tp_size, generator_device
+            global_named_parameters(self),
+            seed,
+            self.pstate.tp_rank,
+            self.pstate.tp_size,
+            generator_device,
         )
 
     def output_weight(self) -> torch.Tensor:

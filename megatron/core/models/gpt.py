@@ -57,7 +57,11 @@ class GPTModel(LanguageModelChunk):
             self.embedding = LanguageModelEmbedding(
                 config, vocab_size, 0 if rope else max_sequence_length, 0, tp_group, rng_tracker
             )
-        self.rotary = RotaryEmbedding(config.kv_channels, config.rotary_percent, config.rotary_base) if rope else None
+        self.rotary = (
+            RotaryEmbedding(config.kv_channels, config.rotary_percent, config.rotary_base)
+            if rope
+            else None
+        )
         offset = config.layer_offset(pstate.pp_rank, vp_rank)
         self.decoder = TransformerBlock(
             config, offset, config.num_layers_per_chunk, True, post_process, tp_group, rng_tracker

@@ -51,7 +51,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, group) -> torch.Tensor:
     """Per-token loss [s, b] (fp32) of `logits` [s, b, v/tp] sharded over `group` (None = whole)."""
     if target.shape != logits.shape[:-1]:
-        raise ValueError(f"target shape {tuple(target.shape)} != logits shape {tuple(logits.shape[:-1])}")
+        raise ValueError(
+            f"target shape {tuple(target.shape)} != logits shape {tuple(logits.shape[:-1])}"
+        )
     if group_size(group) == 1:
         # Whole vocabulary on this rank: torch's fused log-softmax + NLL is faster.
         flat = logits.float().reshape(-1, logits.shape[-1])

@@ -53,7 +53,9 @@ def _gather_last(x: torch.Tensor, group) -> torch.Tensor:
         return x
     x = x.contiguous()
     # all_gather_into_tensor concatenates along dim 0 (gloo rejects a new leading dim).
-    out = torch.empty((n * x.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device)  # [n*s, ..., h/n]
+    out = torch.empty(
+        (n * x.shape[0],) + tuple(x.shape[1:]), dtype=x.dtype, device=x.device
+    )  # [n*s, ..., h/n]
     dist.all_gather_into_tensor(out, x, group=group)
     return torch.cat(out.chunk(n, dim=0), dim=-1)  # [s, ..., h]
 

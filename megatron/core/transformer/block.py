@@ -40,7 +40,9 @@ class TransformerBlock(torch.nn.Module):
             for i in range(num_layers)
         )
         self.final_layernorm = (
-            build_norm(config, config.hidden_size, config.sequence_parallel) if post_process else None
+            build_norm(config, config.hidden_size, config.sequence_parallel)
+            if post_process
+            else None
         )
 
     def _run(self, start: int, end: int):

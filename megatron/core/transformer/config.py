@@ -90,7 +90,9 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         if self.num_layers <= 0 or self.hidden_size <= 0 or self.num_attention_heads <= 0:
-            raise ValueError("--num-layers, --hidden-size and --num-attention-heads must be positive")
+            raise ValueError(
+                "--num-layers, --hidden-size and --num-attention-heads must be positive"
+            )
         if self.kv_channels is None:
             if self.hidden_size % self.num_attention_heads:
                 raise ValueError(
@@ -104,7 +106,9 @@ class TransformerConfig:
             else:
                 self.ffn_hidden_size = 4 * self.hidden_size
         if self.normalization not in ("LayerNorm", "RMSNorm"):
-            raise ValueError(f"--normalization must be LayerNorm or RMSNorm, got {self.normalization!r}")
+            raise ValueError(
+                f"--normalization must be LayerNorm or RMSNorm, got {self.normalization!r}"
+            )
         if self.position_embedding_type not in ("learned_absolute", "rope"):
             raise ValueError(f"unknown position embedding type {self.position_embedding_type!r}")
         if not 0.0 < self.rotary_percent <= 1.0:
@@ -160,7 +164,9 @@ class TransformerConfig:
         """Global index of the first layer of a chunk (Megatron's interleaved assignment)."""
         per = self.num_layers_per_chunk
         if self.virtual_pipeline_model_parallel_size:
-            return (vp_rank or 0) * (self.num_layers // self.virtual_pipeline_model_parallel_size) + pp_rank * per
+            return (vp_rank or 0) * (
+                self.num_layers // self.virtual_pipeline_model_parallel_size
+            ) + pp_rank * per
         return pp_rank * per
 
     @property

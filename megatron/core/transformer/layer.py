@@ -77,7 +77,9 @@ class TransformerLayer(torch.nn.Module):
         return self._dense_forward(hidden, attention_mask, rotary)
 
     def _dense_forward(self, hidden, attention_mask, rotary) -> torch.Tensor:
-        attn_out, attn_bias = self.self_attention(self.input_layernorm(hidden), attention_mask, rotary)
+        attn_out, attn_bias = self.self_attention(
+            self.input_layernorm(hidden), attention_mask, rotary
+        )
         hidden = self._bias_dropout_add(attn_out, attn_bias, hidden)
         mlp_out, mlp_bias = self.mlp(self.pre_mlp_layernorm(hidden))
         return self._bias_dropout_add(mlp_out, mlp_bias, hidden)

@@ -19,7 +19,9 @@ class RotaryEmbedding(torch.nn.Module):
         dim = int(kv_channels * rotary_percent)
         dim -= dim % 2
         if dim == 0:
-            raise ValueError(f"rotary_percent {rotary_percent} of {kv_channels} channels rotates nothing")
+            raise ValueError(
+                f"rotary_percent {rotary_percent} of {kv_channels} channels rotates nothing"
+            )
         self.dim = dim
         inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
         self.register_buffer("inv_freq", inv_freq, persistent=False)

@@ -63,7 +63,9 @@ class RandomLTDState:
     dp_rank: int
     keep: int
     layer_ids: FrozenSet[int]
-    _cache: Dict[Tuple[int, int, int], torch.Tensor] = dataclasses.field(default_factory=dict, repr=False)
+    _cache: Dict[Tuple[int, int, int], torch.Tensor] = dataclasses.field(
+        default_factory=dict, repr=False
+    )
 
     def applies(self, layer_number: int, seq_length: int) -> bool:
         """Whether layer `layer_number` (1-based, global) drops tokens for this sequence length."""
@@ -74,15 +76,26 @@ class RandomLTDState:
         key = (layer_number, batch, seq_length)
         if key not in self._cache:
             self._cache[key] = kept_indices(
-                self.seed, self.step, self.microbatch, layer_number, self.dp_rank, batch, seq_length, self.keep
+                self.seed,
+                self.step,
+                self.microbatch,
+                layer_number,
+                self.dp_rank,
+                batch,
+                seq_length,
+                self.keep,
             ).to(device)
         return self._cache[key]
 
 
-def kept_indices(seed, step, microbatch, layer_number, dp_rank, batch, seq_length, keep) -> torch.Tensor:
+def kept_indices(
+    seed, step, microbatch, layer_number, dp_rank, batch, seq_length, keep
+) -> torch.Tensor:
     """K positions per row drawn uniformly without replacement from [0, S), sorted: [b, K]."""
     if not 0 < keep <= seq_length:
-        raise ValueError(f"random-LTD keeps {keep} tokens of a sequence of {seq_length}; need 0 < K <= S")
+        raise ValueError(
+            f"random-LTD keeps {keep} tokens of a sequence of {seq_length}; need 0 < K <= S"
+        )
     gen = torch.Generator()
     gen.manual_seed(stable_seed(seed, f"random-ltd:{step}:{microbatch}:{layer_number}:{dp_rank}"))
     keys = torch.rand(batch, seq_length, generator=gen)
@@ -140,8 +153,14 @@ def check_random_ltd_config(num_layers: int, layer_ids, sequence_parallel: bool)
     return ids
 
 
-def keep_for_step(step: int, min_value: int, max_value: int, require_steps: int, seq_per_step: int,
-                  seq_length: Optional[int] = None) -> int:
+def keep_for_step(
+    step: int,
+    min_value: int,
+    max_value: int,
+    require_steps: int,
+    seq_per_step: int,
+    seq_length: Optional[int] = None,
+) -> int:
     """K at a step for the fixed_linear random-LTD schedule, capped by the current length.
 
     K grows linearly from min_value to max_value over require_steps steps, rounded down to a
