@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from megatron.core.datasets.bert_dataset import BertDataset, BertDatasetConfig
 from megatron.core.models import BertModel
-from megatron.training.data import build_datasets, core_dataset_kwargs, dataset_curriculum_metrics
+from megatron.training.data import build_datasets, core_dataset_kwargs
 from megatron.training.training import pretrain
 
 
@@ -43,7 +43,6 @@ def datasets_provider(run, rt, num_samples):
         classification_head=not run.model.bert_no_binary_head,
         binary_head_type=run.model.bert_binary_head_type,
         tokenizer=tok,
-        curriculum_metrics=dataset_curriculum_metrics(rt),
     )
     return build_datasets(BertDataset, config, num_samples)
 

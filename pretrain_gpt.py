@@ -8,12 +8,7 @@ import torch
 
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.models import GPTModel
-from megatron.training.data import (
-    MockGPTDataset,
-    build_datasets,
-    core_dataset_kwargs,
-    dataset_curriculum_metrics,
-)
+from megatron.training.data import MockGPTDataset, build_datasets, core_dataset_kwargs
 from megatron.training.training import pretrain
 
 
@@ -49,7 +44,6 @@ def datasets_provider(run, rt, num_samples):
         eod_mask_loss=d.eod_mask_loss,
         eod_token=rt.tokenizer.eod,
         create_attention_mask=d.reset_attention_mask,
-        curriculum_metrics=dataset_curriculum_metrics(rt),
     )
     return build_datasets(GPTDataset, config, num_samples)
 

@@ -32,11 +32,11 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pa
 
 import numpy as np  # noqa: E402
 
-from megatron.core.data_efficiency import analysis as A  # noqa: E402
-from megatron.core.data_efficiency import analysis_output as O  # noqa: E402
-from megatron.core.data_efficiency.analysis_sources import make_sample_source  # noqa: E402
-from megatron.core.data_efficiency.metrics import CurriculumMetricsConfig  # noqa: E402
-from megatron.core.data_efficiency.metrics_kernels import cpp_available  # noqa: E402
+from megatron.core.curriculum import analysis as A  # noqa: E402
+from megatron.core.curriculum import analysis_output as O  # noqa: E402
+from megatron.core.curriculum.scoring import make_sample_source  # noqa: E402
+from megatron.core.curriculum.metrics import CurriculumMetricsConfig  # noqa: E402
+from megatron.core.curriculum.metrics_kernels import cpp_available  # noqa: E402
 from megatron.core.datasets.bert_dataset import BertDataset, BertDatasetConfig  # noqa: E402
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig  # noqa: E402
 from megatron.core.datasets.indexed_dataset import (

@@ -33,8 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from megatron.core.data_efficiency.config import load_deepspeed_config  # noqa: E402
-from megatron.core.data_efficiency.sampler import CurriculumSampler, SortedMetric  # noqa: E402
+from megatron.core.deepspeed_config import load_deepspeed_config  # noqa: E402
+from megatron.core.curriculum.metric_data import SortedMetric
+from megatron.core.curriculum.sampler import CurriculumSampler  # noqa: E402
 from megatron.core.datasets.indexed_dataset import write_array_dataset  # noqa: E402
 
 

@@ -28,7 +28,7 @@ import time
 
 import torch
 
-from megatron.core.data_efficiency.random_ltd import token_ops as T
+from megatron.core.random_ltd import token_ops as T
 
 
 def median_seconds(fns, repeats, device):

@@ -27,7 +27,7 @@ CPP_EXTENSIONS = [
     },
     {
         # Random-LTD token gather / scatter / mask gather / sort on CPU tensors (raw addresses).
-        "name": "megatron.core.data_efficiency.random_ltd.token_ops_cpp",
+        "name": "megatron.core.random_ltd.token_ops_cpp",
         "sources": [
             "csrc/random_ltd/module_cpu.cpp",
             "csrc/random_ltd/token_ops_cpu.cpp",
@@ -46,7 +46,7 @@ CXX_FLAGS = ["-O3", "-std=c++17", "-Wall", "-Wno-sign-compare"]
 #: host compiler; neither includes torch headers) and the static CUDA runtime.
 CUDA_EXTENSIONS = [
     {
-        "name": "megatron.core.data_efficiency.random_ltd.token_ops_cuda",
+        "name": "megatron.core.random_ltd.token_ops_cuda",
         "sources": ["csrc/random_ltd/module_cuda.cpp"],
         "cuda_sources": ["csrc/random_ltd/token_ops_cuda.cu"],
         "include_dirs": ["csrc/random_ltd"],

@@ -23,7 +23,7 @@ flags (special ids) and the same --short-seq-prob / --bert-no-binary-head as tra
 
 Metrics (`--metric`, several allowed): seqlen, vocab_rarity, seqlen_vocab_rarity,
 total_vocab_freq, or user metrics `name=package.module:function[:single|accumulate]` (see
-megatron/core/data_efficiency/metrics.py for the function contract; floats allowed). Rarity
+megatron/core/curriculum/metrics.py for the function contract; floats allowed). Rarity
 metrics use the token-count files preprocessing wrote beside the data (recomputed from the .bin
 when missing), or `--token-counts FILE` (a .npy, or a previous `total_vocab_freq_metric_value`
 output for DeepSpeed's "frequencies of the analysed samples").
@@ -44,18 +44,15 @@ import time
 
 sys.path.append(os.path.abspath(os.path.join(os.path.dirname(__file__), os.path.pardir)))
 
-from megatron.core.data_efficiency.analysis import (  # noqa: E402
+from megatron.core.curriculum.analysis import (
     build_metrics,
     finished_workers,
     run_map,
     run_reduce,
     shard_range,
 )
-from megatron.core.data_efficiency.analysis_sources import make_sample_source  # noqa: E402
-from megatron.core.data_efficiency.metrics import (  # noqa: E402
-    CurriculumMetricsConfig,
-    parse_metric_spec,
-)
+from megatron.core.curriculum.scoring import make_sample_source  # noqa: E402
+from megatron.core.curriculum.metrics import CurriculumMetricsConfig, parse_metric_spec
 from megatron.core.datasets.builder import (  # noqa: E402
     build_train_valid_test_datasets,
     parse_data_path,

@@ -61,17 +61,16 @@ from typing import Any, Dict, List, Optional, Sequence
 
 sys.path.append(os.path.abspath(os.path.join(os.path.dirname(__file__), os.path.pardir)))
 
-from megatron.core.data_efficiency.config import (  # noqa: E402
+from megatron.core.curriculum.config import (
     CLUSTERING_TYPES,
     DIFFICULTY_TYPES,
-    LTD_HIDDEN_STATE_ORDERS,
-    LTD_MODEL_TYPES,
     SCHEDULE_TYPES,
     SEQLEN_RESHAPE,
     SEQLEN_TRUNCATE,
-    ConfigError,
-    load_deepspeed_config,
 )
+from megatron.core.deepspeed_config import load_deepspeed_config
+from megatron.core.json_config import ConfigError
+from megatron.core.random_ltd.config import LTD_HIDDEN_STATE_ORDERS, LTD_MODEL_TYPES
 
 # --cl-metric key -> JSON key of the metric; keys under schedule_config carry the prefix "sc."
 _METRIC_KEYS = {

@@ -8,7 +8,7 @@
 // piece_len times (special tokens such as [CLS] / [SEP] that are not in the .bin).
 //
 // Sums are accumulated sequentially in double, in sample token order, starting from 0.0 (no
-// reassociation), so they equal the numpy reference in megatron/core/data_efficiency/
+// reassociation), so they equal the numpy reference in megatron/core/curriculum/
 // metrics_kernels.py bit for bit (tests/unit/test_curriculum_metrics.py checks both).
 #include <pybind11/numpy.h>
 
@@ -298,7 +298,7 @@ py::array_t<int64_t> token_bincount(const py::array& tokens, const I64Array& pie
 // ------------------------------------------------------------------------------------------------
 // BERT sample replay: the random draws of BertDataset.__getitem__ (numpy's legacy RandomState,
 // seeded per sample) that decide each sample's segments, without reading tokens. The Python
-// reference is BertSampleSource._replay_py in megatron/core/data_efficiency/analysis_sources.py
+// reference is BertSampleSource._replay_py in megatron/core/datasets/bert_sample_source.py
 // (which calls numpy itself); tests/unit/test_curriculum_analysis.py checks both agree.
 
 // numpy's legacy RandomState: MT19937 seeded with one 32-bit integer, 32-bit draws tempered, and

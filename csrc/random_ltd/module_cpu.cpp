@@ -1,4 +1,4 @@
-// pybind11 entry point of megatron.core.data_efficiency.random_ltd.token_ops_cpp: the CPU token
+// pybind11 entry point of megatron.core.random_ltd.token_ops_cpp: the CPU token
 // kernels of token_ops_cpu.cpp, called from token_ops.py with raw addresses and byte strides (no
 // torch headers, so the module builds in pip's isolated environment).
 //
@@ -47,7 +47,7 @@ void sort_rows(const IndexTuple& in, uint64_t out, int64_t batch, int64_t kept, 
 
 PYBIND11_MODULE(token_ops_cpp, m) {
   m.doc() = "CPU random-LTD token kernels (gather, scatter/merge, mask gather, sort) over raw "
-            "strided buffers; see megatron/core/data_efficiency/random_ltd/token_ops.py.";
+            "strided buffers; see megatron/core/random_ltd/token_ops.py.";
   m.attr("KERNEL_API") = 1;
   m.def("gather_rows", &gather_rows, py::arg("src"), py::arg("dst"), py::arg("indices"),
         py::arg("shape"), py::arg("threads") = 0,

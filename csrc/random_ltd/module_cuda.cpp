@@ -1,4 +1,4 @@
-// pybind11 entry point of megatron.core.data_efficiency.random_ltd.token_ops_cuda: the CUDA token
+// pybind11 entry point of megatron.core.random_ltd.token_ops_cuda: the CUDA token
 // kernels of token_ops_cuda.cu. Compiled by the host compiler without CUDA or torch headers; the
 // tuple layouts are those of module_cpu.cpp, plus the device index and the cudaStream_t as an
 // integer (torch.cuda.current_stream(device).cuda_stream). Launches are asynchronous; a launch
@@ -77,7 +77,7 @@ int device_count() {
 
 PYBIND11_MODULE(token_ops_cuda, m) {
   m.doc() = "CUDA random-LTD token kernels (gather, scatter/merge, mask gather, sort) over raw "
-            "strided device buffers; see megatron/core/data_efficiency/random_ltd/token_ops.py.";
+            "strided device buffers; see megatron/core/random_ltd/token_ops.py.";
   m.attr("KERNEL_API") = 1;
   m.attr("MAX_SORT_LENGTH") = cuda::kMaxSortLength;
   m.def("gather_rows", &gather_rows, py::arg("src"), py::arg("dst"), py::arg("indices"),

@@ -1,6 +1,6 @@
 // Random-LTD token kernels: plain data descriptors shared by the CPU (token_ops_cpu.cpp) and CUDA
 // (token_ops_cuda.cu) implementations. No torch, pybind11 or CUDA headers: tensors arrive as raw
-// addresses and byte strides from Python (megatron/core/data_efficiency/random_ltd/token_ops.py),
+// addresses and byte strides from Python (megatron/core/random_ltd/token_ops.py),
 // which is also where the pure-torch reference of every op lives.
 //
 // Vocabulary: a hidden-state tensor is seen as rows[b][t][:] of `hidden` elements of `elem_size`

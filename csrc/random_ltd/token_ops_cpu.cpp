@@ -1,6 +1,6 @@
 // CPU random-LTD token kernels (declared in token_ops.h): OpenMP over rows, one memcpy per row
 // when rows are contiguous. The pure-torch reference of each op is in
-// megatron/core/data_efficiency/random_ltd/token_ops.py; tests/unit/test_token_ops.py checks
+// megatron/core/random_ltd/token_ops.py; tests/unit/test_token_ops.py checks
 // both give identical bits for every dtype and layout.
 #include <algorithm>
 #include <cstring>

@@ -1,7 +1,7 @@
 // CUDA random-LTD token kernels (launchers declared in token_ops_cuda.h). Rows are copied in the
 // widest of 16/8/4/2/1-byte units that every row address allows, so hidden states of any dtype
 // (fp32, bf16 and fp16 alike) move as raw bytes. No torch headers: tensors arrive as raw addresses
-// and byte strides from megatron/core/data_efficiency/random_ltd/token_ops.py, which holds the
+// and byte strides from megatron/core/random_ltd/token_ops.py, which holds the
 // pure-torch reference; tests/gpu/test_token_ops_cuda.py checks parity on a device.
 #include <cuda_runtime.h>
 

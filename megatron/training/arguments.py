@@ -313,7 +313,7 @@ def _check_interleaved_micro_batches(tr: TrainingConfig, dp: int, pp: int) -> No
 def _check_deepspeed_config(run: RunConfig) -> None:
     """Parse --deepspeed_config now (strict validation before any heavy work) and check the batch
     sizes it states against the command line's, as Megatron-DeepSpeed does."""
-    from megatron.core.data_efficiency.config import load_deepspeed_config
+    from megatron.core.deepspeed_config import load_deepspeed_config
 
     path = run.data_efficiency.deepspeed_config
     if not os.path.isfile(path):

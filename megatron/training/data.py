@@ -38,29 +38,17 @@ def core_dataset_kwargs(run: RunConfig) -> Dict[str, Any]:
     )
 
 
+def rank_zero_first() -> Dict[str, Any]:
+    """`is_built_on_rank` / `synchronize` arguments that make global rank 0 build and cache first
+    while the other ranks wait and then load (no arguments in a single process)."""
+    if not dist.is_initialized():
+        return {}
+    return {"is_built_on_rank": lambda: dist.get_rank() == 0, "synchronize": dist.barrier}
+
+
 def build_datasets(dataset_cls, config, num_samples: Sequence[int]):
     """(train, valid, test): global rank 0 builds and caches the indices, the others load them."""
-    if dist.is_initialized():
-        return build_train_valid_test_datasets(
-            dataset_cls,
-            num_samples,
-            config,
-            is_built_on_rank=lambda: dist.get_rank() == 0,
-            synchronize=dist.barrier,
-        )
-    return build_train_valid_test_datasets(dataset_cls, num_samples, config)
-
-
-def dataset_curriculum_metrics(rt):
-    """The CurriculumMetricsConfig of the built-in metrics the training split must compute with
-    its index (the curriculum's schedule_based metrics without analysis files), or None."""
-    de = rt.data_efficiency
-    names = de.dataset_metric_names() if de is not None else []
-    if not names:
-        return None
-    from megatron.core.data_efficiency.metrics import CurriculumMetricsConfig
-
-    return CurriculumMetricsConfig(metrics=names, vocab_size=rt.tokenizer.vocab_size)
+    return build_train_valid_test_datasets(dataset_cls, num_samples, config, **rank_zero_first())
 
 
 class MockGPTDataset:

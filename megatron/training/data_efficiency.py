@@ -15,26 +15,27 @@ what the loop needs at step k (the 1-based iteration):
 from __future__ import annotations
 
 import logging
+import json
+import os
 from typing import Any, Dict, Iterator, Optional, Tuple
 
-from megatron.core.data_efficiency.config import (
-    SEQLEN_RESHAPE,
-    SEQLEN_TRUNCATE,
-    DeepSpeedConfig,
-    load_deepspeed_config,
-)
-from megatron.core.data_efficiency.pacing import (
-    curriculum_difficulties,
-    random_ltd_effective_seqlen,
-    random_ltd_value,
-)
-from megatron.core.data_efficiency.random_ltd.routing import RandomLTDState, check_random_ltd_config
-from megatron.core.data_efficiency.seqlen import (
+from megatron.core.curriculum.analysis import attach_metrics
+from megatron.core.curriculum.config import SEQLEN_RESHAPE, SEQLEN_TRUNCATE
+from megatron.core.curriculum.metrics import BUILTIN_METRICS, CurriculumMetricsConfig
+from megatron.core.curriculum.pacing import curriculum_difficulties
+from megatron.core.curriculum.sampler import CurriculumSampler
+from megatron.core.curriculum.seqlen import (
     gpt_batch_shape_at_step,
     post_process_batch,
     seqlen_at_step,
     seqlen_mode,
 )
+from megatron.core.datasets.indexed_dataset import IndexedDataset
+from megatron.core.deepspeed_config import DeepSpeedConfig, load_deepspeed_config
+from megatron.core.random_ltd.routing import RandomLTDState, check_random_ltd_config
+from megatron.core.random_ltd.schedule import random_ltd_effective_seqlen, random_ltd_value
+
+from .data import rank_zero_first
 
 logger = logging.getLogger(__name__)
 
@@ -127,9 +128,6 @@ class DataEfficiency:
     def dataset_metric_names(self):
         """Built-in metrics the training dataset must compute while building its index (the
         schedule_based metrics whose analysis files are not there)."""
-        from megatron.core.data_efficiency.metrics import BUILTIN_METRICS
-        from megatron.core.datasets.indexed_dataset import IndexedDataset
-
         names = []
         if self.curriculum is None:
             return names
@@ -221,20 +219,25 @@ class DataEfficiency:
                 )
             yield batch
 
-    def build_sampler(self, dataset, micro_batch_size: int, dp_size: int, global_batch_at):
+    def dataset_metrics(self, vocab_size: Optional[int]) -> Optional[CurriculumMetricsConfig]:
+        """The built-in metrics the training split must compute once its index exists (the
+        curriculum's schedule_based metrics without analysis files), or None."""
+        names = self.dataset_metric_names()
+        return CurriculumMetricsConfig(metrics=names, vocab_size=vocab_size) if names else None
+
+    def build_sampler(
+        self, dataset, micro_batch_size: int, dp_size: int, global_batch_at, vocab_size: int
+    ):
         """The curriculum batch sampler (None when curriculum learning is off); it starts at step 0,
-        `load_state_dict` moves it to a checkpoint's step."""
+        `load_state_dict` moves it to a checkpoint's step.
+
+        The metrics without analysis files are computed here for every sample of `dataset` (the
+        training split), global rank 0 first, and cached beside its index.
+        """
         if self.curriculum is None:
             return None
-        from megatron.core.data_efficiency.sampler import CurriculumSampler
-
-        values = getattr(dataset, "curriculum_metric_values", None)
-        if values is None and hasattr(dataset, "datasets"):  # a blend: values of its members
-            from megatron.core.data_efficiency.analysis import blended_metric_values
-
-            values = {
-                name: blended_metric_values(dataset, name) for name in self.dataset_metric_names()
-            }
+        config = self.dataset_metrics(vocab_size)
+        values = attach_metrics(dataset, config, **rank_zero_first())
         self._check_analysis_matches(dataset)
         self.sampler = CurriculumSampler(
             self.ds.data_efficiency,
@@ -251,11 +254,6 @@ class DataEfficiency:
         """Analysis files made by tools/analyze_data.py record which dataset (path, split, seed,
         sequence length, sample order) they describe; refuse files of another dataset, whose
         sample ids would silently point at other samples."""
-        import json
-        import os
-
-        from megatron.core.datasets.indexed_dataset import IndexedDataset
-
         ours = getattr(dataset, "unique_description", None)
         for name, metric in self.curriculum.curriculum_metrics.items():
             path = metric.index_to_sample_path or ""

@@ -636,7 +636,11 @@ def pretrain(
     sampler = None
     if train_ds is not None and rt.data_efficiency.curriculum is not None:
         sampler = rt.data_efficiency.build_sampler(
-            train_ds, run.training.micro_batch_size, rt.pstate.dp_size, calc.global_batch_at
+            train_ds,
+            run.training.micro_batch_size,
+            rt.pstate.dp_size,
+            calc.global_batch_at,
+            rt.tokenizer.vocab_size,
         )
         rt.data_efficiency.load_state_dict(de_state, st.iteration)
     train_loader = build_data_loader(train_ds, st.consumed_train_samples, run, rt, cyclic, sampler)

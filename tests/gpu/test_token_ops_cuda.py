@@ -6,7 +6,7 @@ Skipped without a GPU (conftest) or when the optional CUDA extension is not buil
 import pytest
 import torch
 
-from megatron.core.data_efficiency.random_ltd import token_ops as T
+from megatron.core.random_ltd import token_ops as T
 
 pytestmark = [
     pytest.mark.gpu,

@@ -35,11 +35,11 @@ import pytest
 
 import pretrain_bert
 import pretrain_gpt
-from megatron.core.data_efficiency.random_ltd.routing import kept_indices
+from megatron.core.random_ltd.routing import kept_indices
 from megatron.core.datasets.bert_dataset import BertDataset, BertDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 from megatron.core.datasets.token_counts import save_token_counts
-from megatron.training.data import build_datasets, core_dataset_kwargs, dataset_curriculum_metrics
+from megatron.training.data import build_datasets, core_dataset_kwargs
 from megatron.training.training import pretrain
 from tests.distributed.launcher import run_distributed
 
@@ -147,7 +147,7 @@ def bert_datasets_provider(run, rt, num_samples):
     config = BertDatasetConfig(
         **core_dataset_kwargs(run), masking_probability=0.15, short_sequence_probability=0.1,
         classification_head=True, binary_head_type="sop", cls_id=CLS, sep_id=SEP, mask_id=MASK,
-        pad_id=PAD, vocab_size=BERT_VOCAB, curriculum_metrics=dataset_curriculum_metrics(rt),
+        pad_id=PAD, vocab_size=BERT_VOCAB,
     )
     return build_datasets(BertDataset, config, num_samples)
 

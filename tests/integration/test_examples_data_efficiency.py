@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from megatron.core.data_efficiency.config import load_deepspeed_config
+from megatron.core.deepspeed_config import load_deepspeed_config
 from megatron.training.arguments import parse_args
 from megatron.training.microbatches import MicroBatchCalculator
 from megatron.training.training import schedule_spans, train_num_samples

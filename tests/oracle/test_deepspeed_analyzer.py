@@ -267,9 +267,9 @@ def _datasets(tmp):
 
 def _ours(dataset, save):
     """Our analysis of every metric: total_vocab_freq first, rarity from its output (as DS)."""
-    from megatron.core.data_efficiency.analysis import build_metrics, run_map, run_reduce
-    from megatron.core.data_efficiency.analysis_sources import make_sample_source
-    from megatron.core.data_efficiency.metrics import CurriculumMetricsConfig
+    from megatron.core.curriculum.analysis import build_metrics, run_map, run_reduce
+    from megatron.core.curriculum.scoring import make_sample_source
+    from megatron.core.curriculum.metrics import CurriculumMetricsConfig
 
     source = make_sample_source(dataset)
     freq = os.path.join(save, "total_vocab_freq", "total_vocab_freq_metric_value")
@@ -319,7 +319,7 @@ def compared(tmp_path_factory, deepspeed_python):
 @pytest.mark.parametrize("kind", ["bert", "gpt"])
 @pytest.mark.parametrize("metric", METRICS)
 def test_outputs_identical_to_deepspeed(compared, kind, metric):
-    from megatron.core.data_efficiency.analysis_output import metric_prefix, read_rows
+    from megatron.core.curriculum.analysis_output import metric_prefix, read_rows
 
     save, dump, _, source = compared[kind]
     kinds = ["metric_value"] if metric == "total_vocab_freq" else list(OUTPUT_KINDS[:4])
@@ -343,32 +343,14 @@ def test_outputs_identical_to_deepspeed(compared, kind, metric):
 
 def test_in_builder_values_equal_deepspeed(compared, tmp_path):
     """The dataset-built values (same frequencies) equal DeepSpeed's sample_to_metric."""
-    from megatron.core.data_efficiency.analysis import attach_curriculum_metrics
-    from megatron.core.data_efficiency.metrics import CurriculumMetricsConfig
+    from megatron.core.curriculum.analysis import attach_metrics
+    from megatron.core.curriculum.metrics import CurriculumMetricsConfig
 
     for kind in ("bert", "gpt"):
         save, dump, _, source = compared[kind]
         dataset = source.dataset
         freq = os.path.join(save, "total_vocab_freq", "total_vocab_freq_metric_value")
-        dataset.config.curriculum_metrics = CurriculumMetricsConfig(
-            METRICS[:1] + METRICS[2:], VOCAB, freq
-        )
-        try:
-            values = attach_curriculum_metrics(
-                dataset, None if kind == "bert" else _cache_of(dataset)
-            )
-        finally:
-            dataset.config.curriculum_metrics = None
+        config = CurriculumMetricsConfig(METRICS[:1] + METRICS[2:], VOCAB, freq)
+        values = attach_metrics(dataset, config)
         for metric in ("seqlen", "vocab_rarity", "seqlen_vocab_rarity"):
             np.testing.assert_array_equal(values[metric], dump[f"{metric}/sample_to_metric/flat"])
-
-
-def _cache_of(dataset):
-    from megatron.core.datasets.utils import IndexCache
-
-    return IndexCache(
-        dataset.config.path_to_cache,
-        type(dataset).__name__,
-        dataset.index_split,
-        dataset.unique_description,
-    )

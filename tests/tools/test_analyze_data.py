@@ -8,8 +8,8 @@ import sys
 import numpy as np
 import pytest
 
-from megatron.core.data_efficiency import analysis_output as O
-from megatron.core.data_efficiency.metrics import vocab_rarity_table
+from megatron.core.curriculum import analysis_output as O
+from megatron.core.curriculum.metrics import vocab_rarity_table
 from megatron.core.datasets.bert_dataset import BertDataset, BertDatasetConfig
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from megatron.core.data_efficiency.config import load_deepspeed_config
-from megatron.core.data_efficiency.pacing import curriculum_difficulties
+from megatron.core.deepspeed_config import load_deepspeed_config
+from megatron.core.curriculum.pacing import curriculum_difficulties
 from tools.data_efficiency_config import main as tool_main
 
 VOC = "analysis/vocab_rarity/vocab_rarity"

@@ -11,11 +11,12 @@ import types
 import numpy as np
 import pytest
 
-from megatron.core.data_efficiency import analysis as A
-from megatron.core.data_efficiency import analysis_output as O
-from megatron.core.data_efficiency import metrics_kernels as K
-from megatron.core.data_efficiency.analysis_sources import BertSampleSource, make_sample_source
-from megatron.core.data_efficiency.metrics import CurriculumMetricsConfig, vocab_rarity_table
+from megatron.core.curriculum import analysis as A
+from megatron.core.curriculum import analysis_output as O
+from megatron.core.curriculum import metrics_kernels as K
+from megatron.core.curriculum.scoring import make_sample_source
+from megatron.core.datasets.bert_sample_source import BertSampleSource
+from megatron.core.curriculum.metrics import CurriculumMetricsConfig, vocab_rarity_table
 from megatron.core.datasets.bert_dataset import BertDataset, BertDatasetConfig
 from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
@@ -127,12 +128,13 @@ def gpt(tmp, prefix="a", metrics=None, num_samples=600, cache="cache", blend=Non
         random_seed=9,
         sequence_length=40,
         path_to_cache=str(tmp / cache),
-        curriculum_metrics=metrics,
         blend=blend,
     )
     indexed = IndexedDataset(str(tmp / prefix))
     docs = np.arange(len(indexed))
-    return GPTDataset(indexed, str(tmp / prefix), docs, num_samples, "train", config, **kw)
+    dataset = GPTDataset(indexed, str(tmp / prefix), docs, num_samples, "train", config, **kw)
+    A.attach_metrics(dataset, metrics, **kw)
+    return dataset
 
 
 def bert(tmp, metrics=None, head=True, head_type="sop", seed=5):
@@ -147,12 +149,13 @@ def bert(tmp, metrics=None, head=True, head_type="sop", seed=5):
         vocab_size=VOCAB,
         classification_head=head,
         binary_head_type=head_type,
-        curriculum_metrics=metrics,
     )
     indexed = IndexedDataset(str(tmp / "sent"))
-    return BertDataset(
+    dataset = BertDataset(
         indexed, str(tmp / "sent"), np.arange(indexed.num_documents), 700, "train", config
     )
+    A.attach_metrics(dataset, metrics)
+    return dataset
 
 
 @pytest.fixture(scope="module")
@@ -242,6 +245,7 @@ def test_blended_values(gpt_corpus):
     source = make_sample_source(blended)
     metrics = A.build_metrics(source, config)
     assert A.compute_metric_values(source, metrics)["vocab_rarity"].tolist() == values.tolist()
+    assert A.attach_metrics(blended, config)["vocab_rarity"].tolist() == values.tolist()
     with pytest.raises(KeyError, match="seqlen"):
         A.blended_metric_values(blended, "seqlen")
 

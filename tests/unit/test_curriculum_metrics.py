@@ -8,9 +8,9 @@ import types
 import numpy as np
 import pytest
 
-from megatron.core.data_efficiency import metrics as M
-from megatron.core.data_efficiency import metrics_kernels as K
-from megatron.core.data_efficiency.metrics_kernels import TokenPieces
+from megatron.core.curriculum import metrics as M
+from megatron.core.curriculum import metrics_kernels as K
+from megatron.core.datasets.token_pieces import TokenPieces
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 from megatron.core.datasets.token_counts import save_token_counts, token_counts_path
 

@@ -4,14 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from megatron.core.data_efficiency.config import (
+from megatron.core.curriculum.config import (
     CurriculumLearningConfig,
     CurriculumMetricConfig,
-    DataEfficiencyConfig,
     DataSamplingConfig,
     ScheduleConfig,
 )
-from megatron.core.data_efficiency.sampler import CurriculumSampler, SortedMetric, resolve_metrics
+from megatron.core.deepspeed_config import DataEfficiencyConfig
+from megatron.core.curriculum.metric_data import SortedMetric, resolve_metrics
+from megatron.core.curriculum.sampler import CurriculumSampler
 from megatron.core.datasets.indexed_dataset import write_array_dataset
 from megatron.training.microbatches import MicroBatchCalculator
 
@@ -343,7 +344,7 @@ def test_index_files_give_the_same_batches_as_arrays(tmp_path):
 
 
 def test_reads_the_analysis_tool_output(tmp_path):
-    output = pytest.importorskip("megatron.core.data_efficiency.analysis_output")
+    output = pytest.importorskip("megatron.core.curriculum.analysis_output")
     values = np.random.RandomState(5).randint(0, 1000, size=500)
     output.write_metric_index(str(tmp_path), "m", output.MetricIndex.from_values(values), {})
     prefix = output.metric_prefix(str(tmp_path), "m", "")

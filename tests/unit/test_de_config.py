@@ -5,12 +5,11 @@ import json
 
 import pytest
 
-from megatron.core.data_efficiency import config as de_config
-from megatron.core.data_efficiency.config import (
-    ConfigError,
-    DataEfficiencyConfig,
-    load_deepspeed_config,
-)
+from megatron.core import deepspeed_config
+from megatron.core.curriculum import config as curriculum_config
+from megatron.core.random_ltd import config as random_ltd_config
+from megatron.core.deepspeed_config import DataEfficiencyConfig, load_deepspeed_config
+from megatron.core.json_config import ConfigError
 from megatron.training.options import field_docs
 
 # The GPT template of Megatron-DeepSpeed's data_efficiency examples (two metrics), with the
@@ -378,8 +377,9 @@ def test_input_dict_is_not_modified():
 def test_every_field_has_a_docstring():
     classes = [
         obj
-        for obj in vars(de_config).values()
-        if isinstance(obj, type) and dataclasses.is_dataclass(obj)
+        for module in (curriculum_config, random_ltd_config, deepspeed_config)
+        for obj in vars(module).values()
+        if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__
     ]
     assert DataEfficiencyConfig in classes and len(classes) >= 12
     for cls in classes:

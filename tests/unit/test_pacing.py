@@ -7,18 +7,19 @@ import subprocess
 
 import pytest
 
-from megatron.core.data_efficiency.config import (
-    ConfigError,
-    DifficultySchedule,
+from megatron.core.curriculum.config import DifficultySchedule, ScheduleConfig
+from megatron.core.json_config import ConfigError
+from megatron.core.random_ltd.config import (
     RandomLTDConfig,
     RandomLTDScheduleConfig,
     RandomLTDScheduleParams,
-    ScheduleConfig,
 )
-from megatron.core.data_efficiency.pacing import (
+from megatron.core.curriculum.pacing import (
     difficulty_at,
     difficulty_segments,
     fixed_root_difficulty,
+)
+from megatron.core.random_ltd.schedule import (
     random_ltd_effective_seqlen,
     random_ltd_layer_tokens,
     random_ltd_value,

@@ -4,13 +4,8 @@ recomputation, evaluation, checkpoint interchange and token accounting."""
 import pytest
 import torch
 
-from megatron.core.data_efficiency.random_ltd.routing import (
-    RandomLTDState,
-    check_random_ltd_config,
-    effective_seq_length,
-    keep_for_step,
-    kept_indices,
-)
+from megatron.core.random_ltd.routing import RandomLTDState, check_random_ltd_config, kept_indices
+from megatron.core.random_ltd.schedule import effective_seq_length, keep_for_step
 from megatron.core.models import BertModel, GPTModel
 from megatron.core.models.common import global_named_parameters
 from megatron.core.transformer import TransformerConfig, TransformerLayer
@@ -31,7 +26,7 @@ def _state(keep, layers=(1, 2), step=5, mb=0, dp=0):
 def _layer(causal, **kw):
     from megatron.core.tensor_parallel.init import initialize_parameters
 
-    layer = TransformerLayer(_cfg(**kw), layer_number=2, causal=causal)
+    layer = TransformerLayer(_cfg(**kw), layer_id=2, causal=causal)
     initialize_parameters(layer.named_parameters(), seed=4)
     return layer
 

@@ -7,16 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-from megatron.core.data_efficiency.config import (
+from megatron.core.curriculum.config import (
     CurriculumLearningConfig,
     CurriculumMetricConfig,
-    DataEfficiencyConfig,
     DataSamplingConfig,
-    DeepSpeedConfig,
     LegacyCurriculumConfig,
     ScheduleConfig,
 )
-from megatron.core.data_efficiency.seqlen import (
+from megatron.core.deepspeed_config import DataEfficiencyConfig, DeepSpeedConfig
+from megatron.core.curriculum.seqlen import (
     bert_trim_length,
     gpt_batch_shape_at_step,
     gpt_reshape_rows,

@@ -7,7 +7,7 @@ dtype, layout and stride pattern, forward and backward.
 import pytest
 import torch
 
-from megatron.core.data_efficiency.random_ltd import token_ops as T
+from megatron.core.random_ltd import token_ops as T
 
 needs_cpp = pytest.mark.skipif(
     not T.kernels_available("cpu"),

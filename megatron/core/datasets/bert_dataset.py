@@ -23,9 +23,9 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from megatron.core.data_efficiency.analysis import attach_curriculum_metrics
-from megatron.core.data_efficiency.metrics import CurriculumMetricsConfig
 from megatron.core.datasets import bert_helpers_ref
+from megatron.core.datasets.bert_helpers_ref import truncate_seq_pair
+from megatron.core.datasets.bert_sample_source import BertSampleSource
 from megatron.core.datasets.config import DatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset, index_file_path
 from megatron.core.datasets.masking import create_masked_lm_predictions
@@ -103,9 +103,6 @@ class BertDatasetConfig(DatasetConfig):
     """bool [vocab_size]: True for "##" continuation pieces; derived from `tokenizer.inv_vocab`
     when unset and whole-word masking is on."""
 
-    curriculum_metrics: Optional[CurriculumMetricsConfig] = None
-    """Curriculum metrics computed for every sample once the mapping exists and cached beside it
-    (dataset.curriculum_metric_values; see megatron.core.data_efficiency.analysis)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -225,33 +222,6 @@ def _split_sentences(
     return docs, indexed_dataset.sequence_lengths[sentence_ids], sentence_ids
 
 
-def truncate_seq_pair(
-    a: np.ndarray, b: np.ndarray, max_tokens: int, rng: np.random.RandomState
-) -> Tuple[np.ndarray, np.ndarray, bool]:
-    """Shorten segments A and B to `max_tokens` tokens in total, as BERT's truncate_seq_pair.
-
-    BERT removes one token at a time from the longer segment (B on ties), from its front or its
-    back with probability 0.5 each. This computes the same end lengths in closed form and draws
-    the number of front removals of each segment as Binomial(removed, 0.5).
-
-    Returns (a, b, truncated).
-    """
-    la, lb = a.size, b.size
-    excess = la + lb - max_tokens
-    if excess <= 0:
-        return a, b, False
-    if la > lb:
-        cut_a, cut_b = min(excess, la - lb), 0
-    else:
-        cut_a, cut_b = 0, min(excess, lb - la)
-    rest = excess - cut_a - cut_b  # lengths are now equal: B, A, B, ... lose one token each
-    cut_b += (rest + 1) // 2
-    cut_a += rest // 2
-    front_a = int(rng.binomial(cut_a, 0.5)) if cut_a else 0
-    front_b = int(rng.binomial(cut_b, 0.5)) if cut_b else 0
-    return a[front_a : la - cut_a + front_a], b[front_b : lb - cut_b + front_b], True
-
-
 class BertDataset:
     """Masked-LM (+ optional SOP/NSP) samples from a sentence-split `IndexedDataset`.
 
@@ -311,12 +281,14 @@ class BertDataset:
             json.dumps(self.unique_description, sort_keys=True).encode()
         ).hexdigest()
         self.mapping = self._load_or_build_mapping(is_built_on_rank, synchronize)
-        self.curriculum_metric_values = attach_curriculum_metrics(
-            self, None, is_built_on_rank, synchronize
-        )
 
     def __len__(self) -> int:
         return int(self.mapping.shape[0])
+
+    def sample_source(self) -> BertSampleSource:
+        """The samples before masking as token pieces of the `.bin`, for per-sample analyses
+        (see `megatron.core.datasets.bert_sample_source`)."""
+        return BertSampleSource(self)
 
     # ----------------------------------------------------------------------------------- mapping
 

@@ -1,4 +1,6 @@
-"""Pure-Python reference of the BERT sample mapping builder in csrc/data_helpers/bert_helpers.cpp.
+"""Pure-Python reference of the BERT sample mapping builder in csrc/data_helpers/bert_helpers.cpp,
+and `truncate_seq_pair`, the segment truncation shared by `BertDataset` and the replay of its
+random draws (`bert_sample_source`).
 
 `build_mapping` here and `megatron.core.datasets.helpers_cpp.build_mapping` return bit-identical
 results for the same inputs; the C++ version is ~100x faster and is used whenever it is built.
@@ -218,3 +220,30 @@ def build_mapping(
         rows[i], rows[j] = rows[j], rows[i]
     mapping = np.array(rows, dtype=np.int64).reshape(-1, 3)  # [N, 3]
     return mapping, stats
+
+
+def truncate_seq_pair(
+    a: np.ndarray, b: np.ndarray, max_tokens: int, rng: np.random.RandomState
+) -> Tuple[np.ndarray, np.ndarray, bool]:
+    """Shorten segments A and B to `max_tokens` tokens in total, as BERT's truncate_seq_pair.
+
+    BERT removes one token at a time from the longer segment (B on ties), from its front or its
+    back with probability 0.5 each. This computes the same end lengths in closed form and draws
+    the number of front removals of each segment as Binomial(removed, 0.5).
+
+    Returns (a, b, truncated).
+    """
+    la, lb = a.size, b.size
+    excess = la + lb - max_tokens
+    if excess <= 0:
+        return a, b, False
+    if la > lb:
+        cut_a, cut_b = min(excess, la - lb), 0
+    else:
+        cut_a, cut_b = 0, min(excess, lb - la)
+    rest = excess - cut_a - cut_b  # lengths are now equal: B, A, B, ... lose one token each
+    cut_b += (rest + 1) // 2
+    cut_a += rest // 2
+    front_a = int(rng.binomial(cut_a, 0.5)) if cut_a else 0
+    front_b = int(rng.binomial(cut_b, 0.5)) if cut_b else 0
+    return a[front_a : la - cut_a + front_a], b[front_b : lb - cut_b + front_b], True

@@ -16,6 +16,7 @@ import numpy as np
 
 from megatron.core.datasets import helpers
 from megatron.core.datasets.config import DatasetConfig
+from megatron.core.datasets.sample_source import BlendedSampleSource, SequenceSampleSource
 from megatron.core.datasets.utils import IndexCache, default_cache_dir, load_or_build, md5_of_json
 
 logger = logging.getLogger(__name__)
@@ -142,3 +143,12 @@ class BlendedDataset:
     def dataset_paths(self) -> List[Optional[str]]:
         """Path prefix of each member (None where unknown)."""
         return [getattr(d, "dataset_path", None) for d in self.datasets]
+
+    def sample_source(self) -> BlendedSampleSource:
+        """The samples as a composite of the members' sources (a member without its own
+        `sample_source()` is read item by item)."""
+        members = [
+            d.sample_source() if hasattr(d, "sample_source") else SequenceSampleSource(d)
+            for d in self.datasets
+        ]
+        return BlendedSampleSource(self, members)

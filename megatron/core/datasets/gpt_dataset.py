@@ -25,11 +25,10 @@ from typing import Callable, Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from megatron.core.data_efficiency.analysis import attach_curriculum_metrics
-from megatron.core.data_efficiency.metrics import CurriculumMetricsConfig
 from megatron.core.datasets import helpers
 from megatron.core.datasets.config import DatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset, index_file_path
+from megatron.core.datasets.sample_source import GPTSampleSource
 from megatron.core.datasets.utils import (
     IndexCache,
     Split,
@@ -68,10 +67,6 @@ class GPTDatasetConfig(DatasetConfig):
     create_attention_mask: bool = True
     """Return a boolean [1, s, s] "attention_mask" (True = masked out) with each sample; turn it off
     when the attention kernel builds its own causal mask."""
-
-    curriculum_metrics: Optional[CurriculumMetricsConfig] = None
-    """Curriculum metrics computed for every sample once the index exists and cached beside it
-    (dataset.curriculum_metric_values; see megatron.core.data_efficiency.analysis)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -224,10 +219,13 @@ class GPTDataset:
         self.document_index = arrays["document_index"]
         self.sample_index = arrays["sample_index"]
         self.shuffle_index = arrays["shuffle_index"]
+        self.index_cache = cache
         self._causal_masks: Optional[Dict[str, np.ndarray]] = None
-        self.curriculum_metric_values = attach_curriculum_metrics(
-            self, cache, is_built_on_rank, synchronize
-        )
+
+    def sample_source(self) -> GPTSampleSource:
+        """The samples as token pieces of the `.bin`, for per-sample analyses (see
+        `megatron.core.datasets.sample_source`)."""
+        return GPTSampleSource(self)
 
     @staticmethod
     def numel_low_level_dataset(indexed_dataset: IndexedDataset) -> int:

@@ -109,7 +109,7 @@ def global_named_parameters(model: torch.nn.Module) -> Iterator[Tuple[str, torch
     for name, p in model.named_parameters():
         m = _LAYER_RE.match(name)
         if m:
-            global_idx = layers[int(m.group(1))].layer_number - 1
+            global_idx = layers[int(m.group(1))].layer_id
             name = f"decoder.layers.{global_idx}." + name[m.end() :]
         yield name, p
 

@@ -9,16 +9,11 @@ RNG stream, which stays free for dropout.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Iterable, Tuple
 
 import torch
 
-
-def stable_seed(seed: int, name: str) -> int:
-    """A 63-bit seed derived from (seed, name), identical on every machine and Python run."""
-    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+from megatron.core.utils import stable_seed
 
 
 def full_shape(param: torch.Tensor, tp_size: int) -> Tuple[int, ...]:

@@ -36,7 +36,7 @@ class TransformerBlock(torch.nn.Module):
         super().__init__()
         self.config, self.rng_tracker = config, rng_tracker
         self.layers = torch.nn.ModuleList(
-            TransformerLayer(config, layer_offset + i + 1, causal, tp_group, rng_tracker)
+            TransformerLayer(config, layer_offset + i, causal, tp_group, rng_tracker)
             for i in range(num_layers)
         )
         self.final_layernorm = (

@@ -8,7 +8,8 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from ..data_efficiency.random_ltd.routing import run_on_kept_tokens
+from megatron.core.random_ltd.routing import run_on_kept_tokens
+
 from .attention import SelfAttention
 from .config import TransformerConfig
 from .mlp import MLP
@@ -20,8 +21,8 @@ class TransformerLayer(torch.nn.Module):
 
     Args:
         config: the stack's configuration.
-        layer_number: global 1-based index of this layer in the whole model (independent of the
-            pipeline layout; used for initialisation names and random-LTD layer selection).
+        layer_id: global 0-based index of this layer in the whole model (independent of the
+            pipeline layout; used for checkpoint names and random-LTD layer selection).
         causal: causal self-attention (GPT) or bidirectional (BERT).
         tp_group: tensor-parallel group.
         rng_tracker: RNG streams for dropout on sharded activations.
@@ -30,13 +31,13 @@ class TransformerLayer(torch.nn.Module):
     def __init__(
         self,
         config: TransformerConfig,
-        layer_number: int,
+        layer_id: int,
         causal: bool,
         tp_group=None,
         rng_tracker=None,
     ):
         super().__init__()
-        self.config, self.layer_number, self.rng_tracker = config, layer_number, rng_tracker
+        self.config, self.layer_id, self.rng_tracker = config, layer_id, rng_tracker
         sp = config.sequence_parallel
         self.input_layernorm = build_norm(config, config.hidden_size, sp)
         self.self_attention = SelfAttention(config, causal, tp_group, rng_tracker)
@@ -71,8 +72,8 @@ class TransformerLayer(torch.nn.Module):
         kept tokens of each sequence and the other tokens pass through unchanged.
         """
         s, b = hidden.shape[:2]
-        if random_ltd is not None and self.training and random_ltd.applies(self.layer_number, s):
-            idx = random_ltd.indices(self.layer_number, b, s, hidden.device)  # [b, k], sorted
+        if random_ltd is not None and self.training and random_ltd.applies(self.layer_id, s):
+            idx = random_ltd.indices(self.layer_id, b, s, hidden.device)  # [b, k], sorted
             return run_on_kept_tokens(self._dense_forward, hidden, attention_mask, rotary, idx)
         return self._dense_forward(hidden, attention_mask, rotary)
 

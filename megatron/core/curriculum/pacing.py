@@ -1,4 +1,4 @@
-"""Pacing functions: curriculum difficulty and random-LTD kept tokens as pure functions of the step.
+"""Pacing functions: curriculum difficulty as a pure function of the step.
 
 Curriculum difficulty at step s (s counts global batches and is 1 for the first batch, the
 curriculum sampler's step and DeepSpeed's `global_steps + 1`), for a schedule with min, max and
@@ -18,11 +18,6 @@ multiple of the step instead, 8 in that example.)
 The value is a function of the step alone: DeepSpeed's schedulers also stop updating once the
 difficulty reached max, which only differs for schedules that go back down (custom or an
 unordered fixed_discrete list); here such a schedule is followed as written.
-
-Random-LTD (`random_ltd_value`): the tokens kept by each dropping layer at DeepSpeed's
-`global_steps` g (completed optimizer steps, 0 during the first step):
-`k = floor(g / require_steps * (max - min) + min)`, `k -= k % seq_per_step`, `k = min(k, max)`,
-exactly DeepSpeed's fixed_linear random-LTD scheduler.
 """
 
 from __future__ import annotations
@@ -32,15 +27,10 @@ import logging
 import math
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
-from megatron.core.data_efficiency.config import (
-    ConfigError,
-    CurriculumLearningConfig,
-    DifficultySchedule,
-    RandomLTDConfig,
-    RandomLTDScheduleConfig,
-)
+from megatron.core.curriculum.config import CurriculumLearningConfig, DifficultySchedule
+from megatron.core.json_config import ConfigError
 
-from .user_functions import load_function
+from megatron.core.utils import load_function
 
 logger = logging.getLogger(__name__)
 
@@ -177,36 +167,3 @@ def _monotone_change_steps(f: Callable[[int], Number], final: Number) -> List[in
 def curriculum_difficulties(config: CurriculumLearningConfig, step: int) -> Dict[str, Number]:
     """{metric name: difficulty at `step`} of every curriculum metric."""
     return {name: difficulty_at(m, step) for name, m in config.curriculum_metrics.items()}
-
-
-# ----------------------------------------------------------------------------- random-LTD
-
-
-def random_ltd_value(schedule: RandomLTDScheduleConfig, global_steps: int) -> int:
-    """Tokens each random-LTD layer keeps at DeepSpeed's `global_steps` (the number of completed
-    optimizer steps: 0 during the first step, i.e. iteration - 1)."""
-    if global_steps < 0:
-        raise ValueError(f"global_steps must be >= 0, got {global_steps}")
-    sc = schedule.schedule_config
-    value = float(global_steps) / sc.require_steps  # DeepSpeed: (g / require_steps) ** (1 / 1)
-    value = math.floor(value * (schedule.max_value - schedule.min_value) + schedule.min_value)
-    value -= value % sc.seq_per_step
-    return min(value, schedule.max_value)
-
-
-def random_ltd_effective_seqlen(
-    seq_length: int, kept: int, total_layers: int, ltd_layers: int
-) -> int:
-    """Average sequence length over the layers: `(S * (L - n) + K * n) // L` (token accounting
-    for --train-tokens and token-based learning-rate schedules)."""
-    return (seq_length * (total_layers - ltd_layers) + kept * ltd_layers) // total_layers
-
-
-def random_ltd_layer_tokens(
-    config: RandomLTDConfig, global_steps: int, global_batch_size: int
-) -> int:
-    """Layer-tokens consumed by one step (DeepSpeed's accounting):
-    `global_batch_size * (K * n + max_value * (L - n))` with K = `random_ltd_value`."""
-    kept = random_ltd_value(config.random_ltd_schedule, global_steps)
-    n, total = config.random_ltd_layer_num, config.total_layer_num
-    return global_batch_size * (kept * n + config.random_ltd_schedule.max_value * (total - n))

@@ -40,405 +40,34 @@ loader workers (the sampler runs in the main process as the DataLoader's batch_s
 `state_dict(step)` gives the state after any recent step, so a loader that prefetches ahead of
 the training loop still checkpoints the right position.
 
-Metric data: per-sample arrays in dataset-index order (what the in-builder analysis attaches as
+Metric data: per-sample arrays in dataset-index order (what `analysis.attach_metrics` sets as
 `dataset.curriculum_metric_values`), or DeepSpeed-format `<m>_index_to_sample` /
 `<m>_index_to_metric` files (`tools/analyze_data.py`); see `resolve_metrics`.
 """
 
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import hashlib
 import json
 import logging
-import math
-import os
 from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 
-from megatron.core.data_efficiency.config import (
-    CurriculumLearningConfig,
-    CurriculumMetricConfig,
-    DataEfficiencyConfig,
-    to_plain_dict,
-)
-from megatron.core.data_efficiency.pacing import (
-    curriculum_difficulties,
-    difficulty_at,
-    difficulty_segments,
-)
-from megatron.core.datasets.indexed_dataset import IndexedDataset, data_file_path
+from megatron.core.curriculum.clusters import ClusterTable
+from megatron.core.curriculum.counter_rng import permutation, stream_key, uniform_u64
+from megatron.core.curriculum.metric_data import SortedMetric, resolve_metrics
+from megatron.core.curriculum.pacing import curriculum_difficulties
+from megatron.core.deepspeed_config import DataEfficiencyConfig
+from megatron.core.json_config import to_plain_dict
 
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = "curriculum_sampler/1"
-_M64 = (1 << 64) - 1
-_GOLDEN = 0x9E3779B97F4A7C15
 _TAG_DRAW, _TAG_PERM = 1, 3
-_NO_RANK = np.iinfo(np.int64).max
 _REPLAY_CHUNK = 2048
 """Steps counted together when replaying (bounds the memory of the draws)."""
-
-
-# ----------------------------------------------------------------------------- hashing
-
-
-def _mix(x: int) -> int:
-    """splitmix64 finaliser of a Python int (mod 2**64)."""
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _M64
-    return x ^ (x >> 31)
-
-
-def _key(*words: int) -> int:
-    """A 64-bit key from integers (order-sensitive)."""
-    h = 0
-    for w in words:
-        h = _mix((h + _GOLDEN + (w & _M64)) & _M64)
-    return h
-
-
-def _uniform_u64(key: Union[int, np.ndarray], n: int) -> np.ndarray:
-    """uint64 [n] (or [K, n] for K keys): splitmix64 of key + (i + 1) * golden, the i-th random
-    word of the stream `key`."""
-    x = np.arange(1, n + 1, dtype=np.uint64) * np.uint64(_GOLDEN)
-    x = x + (np.asarray(key, np.uint64)[:, None] if np.ndim(key) else np.uint64(key))
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-_HASH_SORT_MAX = 8192
-"""Clusters up to this size are permuted by sorting hashed keys (cheap to start), bigger ones with
-a seeded RandomState (faster per element)."""
-
-
-def _permutation(n: int, key: int) -> np.ndarray:
-    """A permutation of range(n) determined by `key`: the stable argsort of n hashed words for
-    n <= _HASH_SORT_MAX, else RandomState(words of key and n).permutation(n); both are the same
-    on every platform and numpy version."""
-    if n <= _HASH_SORT_MAX:
-        return np.argsort(_uniform_u64(key, n), kind="stable")
-    words = np.array([key & 0xFFFFFFFF, key >> 32, n & 0xFFFFFFFF, n >> 32], np.uint32)
-    return np.random.RandomState(words).permutation(n)
-
-
-# ----------------------------------------------------------------------------- metric data
-
-
-@dataclasses.dataclass
-class SortedMetric:
-    """One metric's samples in ascending metric order (what clusters are cut from).
-
-    Attributes:
-        order: int [N] sample ids sorted by metric value (ties by id, or in file order).
-        sorted_values: [N] the metric value at each position of `order`; None when only
-            percentile difficulty is used (e.g. read from a percentile_merged file).
-        source: where the data came from (for messages).
-    """
-
-    order: np.ndarray
-    sorted_values: Optional[np.ndarray] = None
-    source: str = ""
-
-    @classmethod
-    def from_values(cls, values: np.ndarray, source: str = "metric values") -> "SortedMetric":
-        """From per-sample values in dataset-index order (a stable sort keeps ties by id)."""
-        values = np.asarray(values)
-        if values.ndim != 1:
-            raise ValueError(f"{source}: metric values must be 1-D, got shape {values.shape}")
-        order = np.argsort(values, kind="stable")
-        return cls(order, values[order], source)
-
-    @classmethod
-    def from_index_files(
-        cls, index_to_sample_path: str, index_to_metric_path: Optional[str] = None
-    ) -> "SortedMetric":
-        """From DeepSpeed analysis files: row r of index_to_sample holds the samples of the r-th
-        smallest value, row r of index_to_metric that value (read when a path is given; a float
-        metric's true values come from the `.float64.npy` file beside it)."""
-        order, sizes = _read_rows(index_to_sample_path)
-        if index_to_metric_path is None:
-            return cls(order, None, index_to_sample_path)
-        floats = index_to_metric_path + ".float64.npy"
-        if os.path.isfile(floats):
-            values = np.load(floats, allow_pickle=False)
-        else:
-            values, value_sizes = _read_rows(index_to_metric_path)
-            if np.any(value_sizes != 1):
-                raise ValueError(f"{index_to_metric_path}: expected one value per row")
-        if values.size != sizes.size:
-            raise ValueError(
-                f"{index_to_sample_path} has {sizes.size} rows but {index_to_metric_path} has "
-                f"{values.size} values; value difficulty needs the <metric>_index_to_sample file "
-                "(not _percentile_merged) of the same analysis"
-            )
-        return cls(order, np.repeat(values, sizes), index_to_sample_path)
-
-    @property
-    def num_samples(self) -> int:
-        return int(self.order.size)
-
-    def threshold(self, difficulty: float, difficulty_type: str) -> int:
-        """Positions of `order` admitted by "metric <= difficulty" (value) or "position <
-        N * difficulty // 100" (percentile)."""
-        n = self.num_samples
-        if difficulty_type == "percentile":
-            if difficulty <= 0:
-                return 0
-            if isinstance(difficulty, int):
-                return min(n, n * difficulty // 100)
-            return min(n, math.floor(n * difficulty / 100))
-        if difficulty == -math.inf:
-            return 0
-        if self.sorted_values is None:
-            raise ValueError(f"{self.source}: value difficulty needs metric values")
-        return int(np.searchsorted(self.sorted_values, difficulty, side="right"))
-
-
-def _read_rows(prefix: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(all values row after row as int64, row sizes) of an MMIDIDX pair."""
-    dataset = IndexedDataset(prefix)
-    sizes = np.asarray(dataset.sequence_lengths, dtype=np.int64)
-    total = int(sizes.sum())
-    pointers = np.asarray(dataset.sequence_pointers, dtype=np.int64)
-    expected = np.concatenate([[0], np.cumsum(sizes[:-1])]) * dataset.dtype.itemsize
-    if total and np.array_equal(pointers, expected):
-        flat = np.fromfile(data_file_path(prefix), dtype=dataset.dtype, count=total)
-    else:
-        flat = np.concatenate([dataset.get(i) for i in range(len(dataset))] or [np.zeros(0)])
-    return flat.astype(np.int64), sizes
-
-
-_PLACEHOLDERS = ("", "dummy", "none", "null")
-
-
-def resolve_metrics(
-    config: CurriculumLearningConfig,
-    num_samples: int,
-    metric_values: Optional[Mapping[str, Union[np.ndarray, SortedMetric]]] = None,
-) -> Dict[str, SortedMetric]:
-    """The data of every schedule_based metric, checked against the dataset size.
-
-    For metric `m` (in this order): `metric_values[m]` (an array of N values in dataset-index
-    order, or a SortedMetric); the analysis files `index_to_sample_path` (and
-    `index_to_metric_path` for value difficulty) when they exist; `metric_values[x]` where the
-    index_to_sample_path's file name is `x_index_to_sample...` (so a seed config naming
-    `.../vocab_rarity/vocab_rarity_index_to_sample_percentile_merged` also works with the
-    in-builder analysis of `vocab_rarity`).
-
-    Raises:
-        ValueError: no data for a metric, or sample ids outside [0, num_samples).
-    """
-    metric_values = dict(metric_values or {})
-    out = {}
-    for name, metric in config.curriculum_metrics.items():
-        if not metric.filters_samples:
-            continue
-        data = _metric_data(name, metric, metric_values)
-        ids = data.order
-        if ids.size and (ids.min() < 0 or ids.max() >= num_samples):
-            raise ValueError(
-                f"curriculum metric {name} ({data.source}) holds sample ids in [{ids.min()}, "
-                f"{ids.max()}] but the training dataset has {num_samples} samples; analyse the "
-                "same dataset (same --data-path, --split, --seq-length, --seed, epochs)"
-            )
-        if ids.size != num_samples:
-            logger.warning(
-                "curriculum metric %s covers %d samples, the training dataset has %d; the others "
-                "are never drawn",
-                name,
-                ids.size,
-                num_samples,
-            )
-        if metric.difficulty_type == "value" and data.sorted_values is None:
-            raise ValueError(
-                f"curriculum metric {name}: value difficulty needs index_to_metric_path"
-            )
-        out[name] = data
-    return out
-
-
-def _metric_data(name: str, metric: CurriculumMetricConfig, values: Mapping) -> SortedMetric:
-    if name in values:
-        v = values[name]
-        return (
-            v if isinstance(v, SortedMetric) else SortedMetric.from_values(v, f"values of {name}")
-        )
-    path = metric.index_to_sample_path
-    if path and path.lower() not in _PLACEHOLDERS and IndexedDataset.exists(path):
-        need_values = metric.difficulty_type == "value"
-        return SortedMetric.from_index_files(
-            path, metric.index_to_metric_path if need_values else None
-        )
-    stem = os.path.basename(path or "").split("_index_to_sample")[0]
-    if stem in values:
-        v = values[stem]
-        return (
-            v if isinstance(v, SortedMetric) else SortedMetric.from_values(v, f"values of {stem}")
-        )
-    raise ValueError(
-        f"curriculum metric {name!r} is schedule_based but has no data: index_to_sample_path "
-        f"{path!r} does not exist and no per-sample values named {name!r}"
-        + (f" or {stem!r}" if stem else "")
-        + f" were given (available: {sorted(values)}); run tools/analyze_data.py or compute the "
-        "metric with the dataset (curriculum_metrics in the dataset config)"
-    )
-
-
-# ----------------------------------------------------------------------------- clusters
-
-
-@dataclasses.dataclass
-class _Cluster:
-    step: int
-    """Formation step (also the cluster's id in its permutation seeds)."""
-    members: np.ndarray
-    """Sample ids, in a canonical order (ascending metric or ascending id)."""
-
-
-class _ClusterTable:
-    """The clusters formed up to a step; extended lazily as later steps are asked for."""
-
-    def __init__(
-        self,
-        config: CurriculumLearningConfig,
-        metrics: Dict[str, SortedMetric],
-        num_samples: int,
-        id_dtype,
-    ):
-        self.config, self.num_samples, self.id_dtype = config, num_samples, id_dtype
-        metric_cfgs = config.curriculum_metrics if config.enabled else {}
-        self.names = [n for n, m in metric_cfgs.items() if m.filters_samples]
-        self.cfgs = [metric_cfgs[n] for n in self.names]
-        self.orders = [metrics[n].order.astype(id_dtype) for n in self.names]
-        self.metrics = [metrics[n] for n in self.names]
-        self.clusters: List[_Cluster] = []
-        self.steps: List[int] = []
-        self.sizes = np.zeros(0, np.int64)
-        self.cum_sizes = np.zeros(0, np.int64)
-        self.formed_upto = 0
-        self._prev = [0] * len(self.names)  # thresholds at the last change
-        self._ranks: Optional[List[np.ndarray]] = None
-        self._assigned: Optional[np.ndarray] = None  # only after a schedule went back down
-        self._starts = [  # steps where each (non-custom) schedule changes
-            [s for s, _ in difficulty_segments(c)] if c.schedule_type != "custom" else []
-            for c in self.cfgs
-        ]
-
-    def num_active(self, step: int) -> int:
-        """Clusters formed at or before `step`."""
-        self.form_upto(step)
-        return bisect.bisect_right(self.steps, step)
-
-    def form_upto(self, step: int) -> None:
-        """Form the clusters of every change step up to `step`."""
-        if step <= self.formed_upto:
-            return
-        if step < self._next_change():  # the common case: nothing changes
-            self.formed_upto = step
-            return
-        for s in self._change_steps(self.formed_upto + 1, step):
-            self._form(s)
-        self.formed_upto = step
-
-    def _next_change(self) -> float:
-        """The first change step after formed_upto (custom schedules: the next step)."""
-        if self.formed_upto == 0 or any(c.schedule_type == "custom" for c in self.cfgs):
-            return self.formed_upto + 1
-        later = [
-            starts[i]
-            for starts in self._starts
-            for i in [bisect.bisect_right(starts, self.formed_upto)]
-            if i < len(starts)
-        ]
-        return min(later, default=math.inf)
-
-    def _change_steps(self, first: int, last: int) -> List[int]:
-        steps = {1} if first <= 1 else set()
-        for i, cfg in enumerate(self.cfgs):
-            if cfg.schedule_type == "custom":  # evaluated step by step
-                prev = difficulty_at(cfg, first - 1) if first > 1 else None
-                for s in range(first, last + 1):
-                    value = difficulty_at(cfg, s)
-                    if value != prev:
-                        steps.add(s)
-                    prev = value
-            else:
-                starts = self._starts[i]
-                lo, hi = bisect.bisect_left(starts, first), bisect.bisect_right(starts, last)
-                steps.update(starts[lo:hi])
-        return sorted(steps)
-
-    def _form(self, step: int) -> None:
-        if not self.cfgs:
-            members = (
-                np.arange(self.num_samples, dtype=self.id_dtype) if not self.clusters else None
-            )
-        else:
-            cur = [
-                m.threshold(difficulty_at(c, step), c.difficulty_type)
-                for c, m in zip(self.cfgs, self.metrics)
-            ]
-            if len(self.cfgs) == 1:
-                lo, hi = self._prev[0], cur[0]
-                members = self.orders[0][lo:hi] if hi > lo else None
-            else:
-                members = self._form_intersection(cur)
-            self._prev = cur
-        if members is None or members.size == 0:
-            return
-        self.clusters.append(_Cluster(step, members))
-        self.steps.append(step)
-        self.sizes = np.append(self.sizes, members.size)
-        self.cum_sizes = np.cumsum(self.sizes)
-        logger.debug(
-            "curriculum cluster %d formed at step %d (difficulties %s): %d samples",
-            len(self.clusters) - 1,
-            step,
-            {c.name: difficulty_at(c, step) for c in self.cfgs},
-            members.size,
-        )
-
-    def _form_intersection(self, cur: List[int]) -> Optional[np.ndarray]:
-        """Samples allowed by every metric at thresholds `cur`, minus those of earlier clusters."""
-        if self._ranks is None:
-            self._ranks = []
-            for order in self.orders:
-                rank = np.full(self.num_samples, _NO_RANK, dtype=np.int64)
-                rank[order] = np.arange(order.size)
-                self._ranks.append(rank)
-        prev = self._prev
-        if self._assigned is None and any(c < p for c, p in zip(cur, prev)):
-            self._assigned = np.zeros(self.num_samples, dtype=bool)  # leave the nested regime
-            for cluster in self.clusters:
-                self._assigned[cluster.members] = True
-        if self._assigned is not None:
-            allowed = np.ones(self.num_samples, dtype=bool)
-            for rank, t in zip(self._ranks, cur):
-                allowed &= rank < t
-            allowed &= ~self._assigned
-            self._assigned |= allowed
-            return np.flatnonzero(allowed).astype(self.id_dtype)
-        # Nested regime: allowed sets only grow, so the new cluster is allowed(cur) - allowed(prev):
-        # the samples each metric newly admits, kept when every metric allows them (a sample
-        # newly admitted by several metrics is taken by the first of them).
-        changed = [i for i, (c, p) in enumerate(zip(cur, prev)) if c > p]
-        parts = []
-        for k, i in enumerate(changed):
-            candidates = self.orders[i][prev[i] : cur[i]]
-            keep = np.ones(candidates.size, dtype=bool)
-            for j, rank in enumerate(self._ranks):
-                if j != i:
-                    limit = prev[j] if j in changed[:k] else cur[j]
-                    keep &= rank[candidates] < limit
-            parts.append(candidates[keep])
-        return np.sort(np.concatenate(parts)) if parts else None
-
-
-# ----------------------------------------------------------------------------- sampler
 
 
 @dataclasses.dataclass
@@ -521,7 +150,7 @@ class CurriculumSampler:
             else {}
         )
         self._metrics = metrics
-        self._table = _ClusterTable(self.curriculum, metrics, self.num_samples, self.id_dtype)
+        self._table = ClusterTable(self.curriculum, metrics, self.num_samples, self.id_dtype)
         self.anchor_interval = max(1, int(anchor_interval))
         self._live = _State(0, 0, np.zeros(0, np.int64), np.zeros(0, np.int64))
         self._anchors: Dict[int, _State] = {0: self._live.copy()}
@@ -582,7 +211,7 @@ class CurriculumSampler:
             np.concatenate([state.cursors, np.zeros(grow, np.int64)]) if grow else state.cursors
         )
         size = self._global_batch_size(state.consumed)
-        draws = _uniform_u64(_key(self.seed, _TAG_DRAW, step), size) % np.uint64(sizes.sum())
+        draws = uniform_u64(stream_key(self.seed, _TAG_DRAW, step), size) % np.uint64(sizes.sum())
         picks = np.searchsorted(self._table.cum_sizes[:count], draws.astype(np.int64), "right")
         counts = np.bincount(picks, minlength=count).astype(np.int64)
         batch = None
@@ -615,8 +244,8 @@ class CurriculumSampler:
             ):
                 run, consumed = run + 1, consumed + size
             sizes = self._table.sizes[:count]
-            keys = [_key(self.seed, _TAG_DRAW, s) for s in range(first, first + run)]
-            draws = _uniform_u64(np.array(keys, np.uint64), size) % np.uint64(sizes.sum())
+            keys = [stream_key(self.seed, _TAG_DRAW, s) for s in range(first, first + run)]
+            draws = uniform_u64(np.array(keys, np.uint64), size) % np.uint64(sizes.sum())
             picks = np.searchsorted(np.cumsum(sizes), draws.reshape(-1).astype(np.int64), "right")
             grow = count - state.epochs.size
             end = np.concatenate([state.cursors, np.zeros(grow, np.int64)])
@@ -628,7 +257,7 @@ class CurriculumSampler:
     def _materialize(self, c: int, epoch: int) -> None:
         cluster = self._table.clusters[c]
         n, off = cluster.members.size, self._offsets[c]
-        perm = _permutation(n, _key(self.seed, _TAG_PERM, cluster.step, epoch))
+        perm = permutation(n, stream_key(self.seed, _TAG_PERM, cluster.step, epoch))
         self._buf[off : off + n] = cluster.members[perm]
         self._mat_epoch[c] = epoch
 

@@ -57,15 +57,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from megatron.core.data_efficiency.metrics_kernels import (
-    TokenPieces,
-    token_bincount,
-    token_table_sums,
-)
+from megatron.core.curriculum.metrics_kernels import token_bincount, token_table_sums
 from megatron.core.datasets.indexed_dataset import IndexedDataset, data_file_path
 from megatron.core.datasets.token_counts import load_token_counts, token_counts_path
-
-from .user_functions import load_function
+from megatron.core.datasets.token_pieces import TokenPieces
+from megatron.core.utils import load_function
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +79,10 @@ _COUNT_CHUNK = 1 << 24
 
 @dataclasses.dataclass
 class CurriculumMetricsConfig:
-    """Curriculum metrics computed for every sample of a dataset when its index is built.
+    """Curriculum metrics computed for every sample of a dataset once its index exists.
 
-    Set as `GPTDatasetConfig.curriculum_metrics` / `BertDatasetConfig.curriculum_metrics`; the
-    values are then available as `dataset.curriculum_metric_values[name]` (see
-    `megatron.core.data_efficiency.analysis`).
+    Passed to `megatron.core.curriculum.analysis.attach_metrics(dataset, config)`, which returns
+    the values and sets them as `dataset.curriculum_metric_values[name]`.
     """
 
     metrics: Sequence[str]

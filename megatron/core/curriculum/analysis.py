@@ -2,20 +2,21 @@
 
 Two ways to run it, with identical values:
 
-1. **Built into the dataset index.** Set `curriculum_metrics` in a `GPTDatasetConfig` /
-   `BertDatasetConfig` (a `CurriculumMetricsConfig` or a list of metric specs). After the dataset
-   has built or loaded its index, `attach_curriculum_metrics` computes each metric for every
-   dataset index i (the i of `dataset[i]`, so analysis and training cannot disagree on sample
-   order) and caches it beside the index files, under the same hash and the metric name:
+1. **Attached to a dataset** (`attach_metrics(dataset, config)`, which the training loop calls
+   on the training split): once the dataset has built or loaded its index, each metric is
+   computed for every dataset index i (the i of `dataset[i]`, so analysis and training cannot
+   disagree on sample order) and cached beside the index files, under the same hash and the
+   metric name:
 
        <cache>/<hash>-GPTDataset-train-metric-<name>-values.npy
        <cache>/<hash>-GPTDataset-train-metric-<name>-description.json
 
    (`<hash>-BertDataset-train-...` for BERT; written atomically, description last; a description
    that no longer matches, e.g. other token frequencies, triggers a recompute). The values are
-   `dataset.curriculum_metric_values[name]`: int64 [len(dataset)] (float64 for float user
-   metrics; the summed array for accumulate metrics). With `is_built_on_rank` / `synchronize`
-   the building rank computes and caches first, the others load after the barrier.
+   returned and set as `dataset.curriculum_metric_values[name]`: int64 [len(dataset)] (float64
+   for float user metrics; the summed array for accumulate metrics). With `is_built_on_rank` /
+   `synchronize` the building rank computes and caches first, the others load after the barrier.
+   The datasets know nothing of this: they only describe their samples (`sample_source()`).
 
 2. **Distributed, for corpora too big for one machine** (`tools/analyze_data.py`): `run_map`
    scores one worker's contiguous shard of dataset indices and writes one `.npy` of values per
@@ -24,8 +25,8 @@ Two ways to run it, with identical values:
    DeepSpeed's output files (`analysis_output`). A failed worker is re-run alone with its worker
    id; finished shards are kept (a matching done marker skips the work).
 
-Built-in metrics use the vectorised kernels over token pieces (`analysis_sources`); user metrics
-are called on batches of materialised samples.
+Built-in metrics use the vectorised kernels over token pieces (`scoring`); user metrics are called
+on batches of materialised samples.
 """
 
 from __future__ import annotations
@@ -43,15 +44,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from megatron.core.data_efficiency.analysis_output import (
+from megatron.core.curriculum.analysis_output import (
     MetricIndex,
     atomic_save_npy,
     atomic_write_json,
     write_metric_index,
     write_metric_value,
 )
-from megatron.core.data_efficiency.analysis_sources import SampleSource, make_sample_source
-from megatron.core.data_efficiency.metrics import (
+from megatron.core.curriculum.metrics import (
     ACCUMULATE,
     NEEDS_TOKEN_COUNTS,
     CallableMetric,
@@ -63,6 +63,8 @@ from megatron.core.data_efficiency.metrics import (
     load_frequency_file,
     parse_metric_spec,
 )
+from megatron.core.curriculum.scoring import evaluate, make_sample_source
+from megatron.core.datasets.sample_source import SampleSource
 from megatron.core.datasets.utils import IndexCache
 
 logger = logging.getLogger(__name__)
@@ -128,7 +130,7 @@ def compute_metric_values(
     start = time.perf_counter()
     for lo in range(0, indices.size, CHUNK_SAMPLES):
         chunk = order[lo : lo + CHUNK_SAMPLES]
-        values = source.evaluate(metrics, indices[chunk], batch_size)
+        values = evaluate(source, metrics, indices[chunk], batch_size)
         for metric in metrics:
             parts[metric.name].append(values[metric.name])
         if progress is not None:
@@ -162,46 +164,69 @@ def _metric_fingerprint(metric: Metric) -> Dict[str, Any]:
     return description
 
 
-# --------------------------------------------------------------------------- built into datasets
+# ------------------------------------------------------------------------ attached to datasets
 
 
-def attach_curriculum_metrics(
+def attach_metrics(
     dataset: Any,
-    cache: Optional[IndexCache] = None,
+    config: Any,
     is_built_on_rank: Optional[Callable[[], bool]] = None,
     synchronize: Optional[Callable[[], None]] = None,
 ) -> Dict[str, np.ndarray]:
-    """Values of `dataset.config.curriculum_metrics` for every sample of a GPT/BERT dataset.
+    """Values of `config`'s metrics for every sample of `dataset`, cached beside its index.
 
-    Called by `GPTDataset` / `BertDataset` once their index exists. Returns {} when the config
-    enables no metric.
+    The samples come from `make_sample_source(dataset)` (the dataset's `sample_source()`). Each
+    value array is cached under the dataset's index hash (`SampleSource.cache_location`) and
+    reused while its description matches. A blend scores and caches each member on its own and
+    gathers the blend's values from the members'. The values are also set as
+    `dataset.curriculum_metric_values` (and on each member of a blend).
 
     Args:
-        dataset: the dataset (GPTDataset or BertDataset).
-        cache: the dataset's index cache (GPT); None for BERT (its `cache_paths()` is used).
-        is_built_on_rank: True on the rank(s) that compute and cache first (see load_or_build).
+        dataset: a GPTDataset, BertDataset, BlendedDataset or any dataset with `sample_source()`.
+        config: a `CurriculumMetricsConfig`, a list of metric specs, or None (no metric: {}).
+        is_built_on_rank: True on the rank(s) that compute and cache first (e.g. global rank 0).
         synchronize: barrier called once on every rank when is_built_on_rank is given.
+
+    Returns:
+        {metric name: int64 [len(dataset)]} (float64 for float user metrics; the summed array for
+        accumulate metrics).
     """
-    config = CurriculumMetricsConfig.coerce(getattr(dataset.config, "curriculum_metrics", None))
+    config = CurriculumMetricsConfig.coerce(config)
     if config is None:
+        dataset.curriculum_metric_values = {}
         return {}
-    if cache is not None:
-        folder, base = cache.folder, cache.base
-    else:
-        mapping_path, _ = dataset.cache_paths()
-        folder, base = os.path.dirname(mapping_path), os.path.basename(mapping_path)
-        base = base[: -len("-mapping.npy")]
+    source = make_sample_source(dataset)
     if is_built_on_rank is None:
-        return _load_or_compute(dataset, config, folder, base)
+        return _attach(source, config)
     if synchronize is None:
         raise ValueError("is_built_on_rank needs a synchronize callable (e.g. a barrier)")
     if is_built_on_rank():
         try:
-            return _load_or_compute(dataset, config, folder, base)
+            return _attach(source, config)
         finally:
             synchronize()
     synchronize()
-    return _load_or_compute(dataset, config, folder, base)
+    return _attach(source, config)
+
+
+def _attach(source: SampleSource, config: CurriculumMetricsConfig) -> Dict[str, np.ndarray]:
+    """Load or compute the values of one source (of each member of a composite source)."""
+    if source.members:
+        member_values = [_attach(m, config) for m in source.members]
+        member_of, member_index = source.locate(np.arange(source.num_samples))
+        values = {}
+        for name, first in member_values[0].items():
+            kind = np.float64 if any(v[name].dtype.kind == "f" for v in member_values) else np.int64
+            values[name] = np.empty(source.num_samples, dtype=kind)
+            for d, member in enumerate(member_values):
+                chosen = member_of == d
+                values[name][chosen] = member[name][member_index[chosen]]
+    else:
+        values = _load_or_compute(source, config)
+    dataset = getattr(source, "dataset", None)
+    if dataset is not None:
+        dataset.curriculum_metric_values = values
+    return values
 
 
 def _metric_cache(folder: Optional[str], base: str, name: str, description: dict) -> IndexCache:
@@ -210,8 +235,8 @@ def _metric_cache(folder: Optional[str], base: str, name: str, description: dict
     return cache
 
 
-def _load_or_compute(dataset, config, folder, base) -> Dict[str, np.ndarray]:
-    source = make_sample_source(dataset)
+def _load_or_compute(source: SampleSource, config) -> Dict[str, np.ndarray]:
+    folder, base = source.cache_location or (None, type(source).__name__)
     metrics = build_metrics(source, config)
     caches = {
         m.name: _metric_cache(

@@ -35,14 +35,9 @@ from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
-from megatron.core.data_efficiency.config import (
-    SEQLEN_RESHAPE,
-    SEQLEN_TRUNCATE,
-    DataEfficiencyConfig,
-    DeepSpeedConfig,
-    DifficultySchedule,
-)
-from megatron.core.data_efficiency.pacing import difficulty_at
+from megatron.core.curriculum.config import SEQLEN_RESHAPE, SEQLEN_TRUNCATE, DifficultySchedule
+from megatron.core.curriculum.pacing import difficulty_at
+from megatron.core.deepspeed_config import DataEfficiencyConfig, DeepSpeedConfig
 
 try:
     import torch

@@ -14,11 +14,11 @@ is shared between layers or micro-batches.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, FrozenSet, Optional, Tuple
+from typing import Dict, FrozenSet, Tuple
 
 import torch
 
-from megatron.core.tensor_parallel.init import stable_seed
+from megatron.core.utils import stable_seed
 
 from .token_ops import (
     gather_attention_mask,
@@ -30,18 +30,8 @@ from .token_ops import (
 
 
 def default_layer_ids(num_layers: int) -> Tuple[int, ...]:
-    """All layers but the first and the last (0-based), the seed system's choice."""
+    """All layers but the first and the last (0-based layer ids), DeepSpeed's default."""
     return tuple(range(1, num_layers - 1))
-
-
-def effective_seq_length(seq_length: int, keep: int, num_layers: int, num_ltd_layers: int) -> int:
-    """Tokens per sample for accounting: (S * (L - n) + K * n) // L.
-
-    A layer that sees K tokens counts K/S of a full one; consumed tokens, the token budget and
-    token-based lr schedules use this length when random-LTD is on.
-    """
-    keep = min(keep, seq_length)
-    return (seq_length * (num_layers - num_ltd_layers) + keep * num_ltd_layers) // num_layers
 
 
 @dataclasses.dataclass
@@ -67,19 +57,19 @@ class RandomLTDState:
         default_factory=dict, repr=False
     )
 
-    def applies(self, layer_number: int, seq_length: int) -> bool:
-        """Whether layer `layer_number` (1-based, global) drops tokens for this sequence length."""
-        return (layer_number - 1) in self.layer_ids and self.keep < seq_length
+    def applies(self, layer_id: int, seq_length: int) -> bool:
+        """Whether layer `layer_id` (0-based, global) drops tokens for this sequence length."""
+        return layer_id in self.layer_ids and self.keep < seq_length
 
-    def indices(self, layer_number: int, batch: int, seq_length: int, device) -> torch.Tensor:
+    def indices(self, layer_id: int, batch: int, seq_length: int, device) -> torch.Tensor:
         """Sorted kept positions [b, K] (int64) of one layer; the same tensor on every call."""
-        key = (layer_number, batch, seq_length)
+        key = (layer_id, batch, seq_length)
         if key not in self._cache:
             self._cache[key] = kept_indices(
                 self.seed,
                 self.step,
                 self.microbatch,
-                layer_number,
+                layer_id,
                 self.dp_rank,
                 batch,
                 seq_length,
@@ -89,7 +79,7 @@ class RandomLTDState:
 
 
 def kept_indices(
-    seed, step, microbatch, layer_number, dp_rank, batch, seq_length, keep
+    seed, step, microbatch, layer_id, dp_rank, batch, seq_length, keep
 ) -> torch.Tensor:
     """K positions per row drawn uniformly without replacement from [0, S), sorted: [b, K]."""
     if not 0 < keep <= seq_length:
@@ -97,7 +87,7 @@ def kept_indices(
             f"random-LTD keeps {keep} tokens of a sequence of {seq_length}; need 0 < K <= S"
         )
     gen = torch.Generator()
-    gen.manual_seed(stable_seed(seed, f"random-ltd:{step}:{microbatch}:{layer_number}:{dp_rank}"))
+    gen.manual_seed(stable_seed(seed, f"random-ltd:{step}:{microbatch}:{layer_id}:{dp_rank}"))
     keys = torch.rand(batch, seq_length, generator=gen)
     picked = keys.argsort(dim=1)[:, :keep]  # a uniform random K-subset of each row
     return token_sort(picked)
@@ -151,29 +141,3 @@ def check_random_ltd_config(num_layers: int, layer_ids, sequence_parallel: bool)
             "sequence, but tokens are dropped per whole sequence); turn one of them off"
         )
     return ids
-
-
-def keep_for_step(
-    step: int,
-    min_value: int,
-    max_value: int,
-    require_steps: int,
-    seq_per_step: int,
-    seq_length: Optional[int] = None,
-) -> int:
-    """K at a step for the fixed_linear random-LTD schedule, capped by the current length.
-
-    K grows linearly from min_value to max_value over require_steps steps, rounded down to a
-    multiple of seq_per_step (the seed's formula), and never exceeds the sequence length (a
-    curriculum may have truncated it).
-    """
-    if require_steps <= 0:
-        k = max_value
-    else:
-        frac = min(1.0, step / require_steps)
-        k = int(frac * (max_value - min_value)) + min_value
-        k -= k % seq_per_step if seq_per_step > 0 else 0
-        k = min(max(k, min_value), max_value)
-    if seq_length is not None:
-        k = min(k, seq_length)
-    return k

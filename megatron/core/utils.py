@@ -1,13 +1,22 @@
-"""Loading user functions named as "package.module:function" (custom metrics and schedules)."""
+"""Small helpers shared across the library: stable seeds and loading user functions by name."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 from typing import Any, Callable, Type
 
 
+def stable_seed(seed: int, name: str) -> int:
+    """A 63-bit seed derived from (seed, name), identical on every machine and Python run."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
 def load_function(target: str, what: str, error: Type[Exception] = ValueError) -> Callable:
     """The callable named by `target` ("package.module:function"; dots after ':' walk attributes).
+
+    Used for user-supplied custom metrics and schedules.
 
     Args:
         target: the name to resolve.

@@ -43,8 +43,8 @@ BACKENDS = ("auto", "kernel", "torch")
 BACKEND_ENV = "MEGATRON_TOKEN_OPS_BACKEND"
 """Environment variable read when `backend` is None (tests force "torch" or "kernel" with it)."""
 
-_CPU_MODULE = "megatron.core.data_efficiency.random_ltd.token_ops_cpp"
-_CUDA_MODULE = "megatron.core.data_efficiency.random_ltd.token_ops_cuda"
+_CPU_MODULE = "megatron.core.random_ltd.token_ops_cpp"
+_CUDA_MODULE = "megatron.core.random_ltd.token_ops_cuda"
 _KERNEL_API = 1  # must equal KERNEL_API of the compiled modules (stale-build detection)
 _NO_VIEW = (0, 0, 0, 0)  # an absent row view: the kernel reads zeros
 
