@@ -15,21 +15,14 @@ import torch.nn.functional as F
 from megatron.core.datasets.bert_dataset import BertDataset, BertDatasetConfig
 from megatron.core.models import BertModel
 from megatron.training.data import build_datasets, core_dataset_kwargs
-from megatron.training.training import pretrain
+from megatron.training.training import language_model_kwargs, pretrain
 
 
 def model_provider(run, rt, pre_process=True, post_process=True, vp_rank=None):
     """One BERT model chunk for this rank."""
     return BertModel(
-        run.transformer,
-        rt.padded_vocab_size,
-        run.model.max_position_embeddings,
-        rt.pstate,
-        rt.rng_tracker,
-        pre_process=pre_process,
-        post_process=post_process,
+        **language_model_kwargs(run, rt, pre_process, post_process, vp_rank),
         add_binary_head=not run.model.bert_no_binary_head,
-        vp_rank=vp_rank,
     )
 
 

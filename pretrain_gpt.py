@@ -9,21 +9,14 @@ import torch
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.models import GPTModel
 from megatron.training.data import MockGPTDataset, build_datasets, core_dataset_kwargs
-from megatron.training.training import pretrain
+from megatron.training.training import language_model_kwargs, pretrain
 
 
 def model_provider(run, rt, pre_process=True, post_process=True, vp_rank=None):
     """One GPT model chunk for this rank."""
     return GPTModel(
-        run.transformer,
-        rt.padded_vocab_size,
-        run.model.max_position_embeddings,
-        rt.pstate,
-        rt.rng_tracker,
-        pre_process=pre_process,
-        post_process=post_process,
+        **language_model_kwargs(run, rt, pre_process, post_process, vp_rank),
         share_embeddings_and_output_weights=not run.model.untie_embeddings_and_output_weights,
-        vp_rank=vp_rank,
     )
 
 

@@ -94,8 +94,6 @@ def _build(cfg, pstate):
         num_attention_heads=cfg["heads"],
         hidden_dropout=0.0,
         attention_dropout=0.0,
-        tensor_model_parallel_size=pstate.tp_size,
-        pipeline_model_parallel_size=pstate.pp_size,
     )
     model = GPTModel(
         tcfg,

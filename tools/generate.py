@@ -62,9 +62,6 @@ def load_model(load: str, iteration: Optional[int] = None):
     tc = dict(args["transformer"])
     tc["params_dtype"] = torch.float32
     tc.update(
-        tensor_model_parallel_size=1,
-        pipeline_model_parallel_size=1,
-        virtual_pipeline_model_parallel_size=None,
         sequence_parallel=False,
         recompute_granularity=None,
         recompute_method=None,

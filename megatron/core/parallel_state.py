@@ -7,8 +7,10 @@ pipeline-parallel:
 
 `RankLayout` is the pure arithmetic (no processes, testable for any world size);
 `ParallelState` holds the torch.distributed groups of one rank and is passed explicitly to every
-piece of the library that communicates. There is no module-level state: two models with two
-different layouts can live in one process.
+piece of the library that communicates. The layout (TP, PP and virtual-PP sizes) lives here and
+nowhere else: models check that their configuration fits it and take the index of their model
+chunk as an argument. There is no module-level or mutable state: two models with two different
+layouts can live in one process.
 """
 
 from __future__ import annotations
@@ -144,7 +146,6 @@ class ParallelState:
         self._ranks = ranks
         c = layout.coords(rank)
         self.tp_rank, self.dp_rank, self.pp_rank = c["tp"], c["dp"], c["pp"]
-        self.virtual_pipeline_rank: Optional[int] = None
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -246,17 +247,20 @@ class ParallelState:
     def vpp_size(self) -> Optional[int]:
         return self.layout.virtual_pipeline_model_parallel_size
 
-    def is_pipeline_first_stage(self, ignore_virtual: bool = False) -> bool:
-        """Whether this rank (and, unless ignore_virtual, its current model chunk) is first."""
-        if not ignore_virtual and self.virtual_pipeline_rank not in (None, 0):
-            return False
-        return self.pp_rank == 0
+    def is_pipeline_first_stage(self, vp_rank: Optional[int] = None) -> bool:
+        """Whether this rank's model chunk `vp_rank` holds the first stage of the model.
 
-    def is_pipeline_last_stage(self, ignore_virtual: bool = False) -> bool:
-        """Whether this rank (and, unless ignore_virtual, its current model chunk) is last."""
-        if not ignore_virtual and self.vpp_size is not None:
-            if self.virtual_pipeline_rank != self.vpp_size - 1:
-                return False
+        vp_rank None asks about the rank (the first pipeline rank), whichever chunk.
+        """
+        return self.pp_rank == 0 and vp_rank in (None, 0)
+
+    def is_pipeline_last_stage(self, vp_rank: Optional[int] = None) -> bool:
+        """Whether this rank's model chunk `vp_rank` holds the last stage of the model.
+
+        vp_rank None asks about the rank (the last pipeline rank), whichever chunk.
+        """
+        if vp_rank is not None and vp_rank != (self.vpp_size or 1) - 1:
+            return False
         return self.pp_rank == self.pp_size - 1
 
     def is_in_embedding_group(self) -> bool:

@@ -1,4 +1,5 @@
-"""Small helpers shared across the library: stable seeds and loading user functions by name."""
+"""Small helpers shared across the library: stable seeds, loading user functions by name,
+unwrapping wrapped models."""
 
 from __future__ import annotations
 
@@ -39,3 +40,10 @@ def load_function(target: str, what: str, error: Type[Exception] = ValueError) -
     if not callable(obj):
         raise error(f"{what} {target!r} is a {type(obj).__name__}, not callable")
     return obj
+
+
+def unwrap_model(model: Any) -> Any:
+    """The module inside wrappers that keep it as `.module` (DistributedDataParallel)."""
+    while hasattr(model, "module"):
+        model = model.module
+    return model

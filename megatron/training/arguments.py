@@ -16,6 +16,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 import torch
 
 from megatron.core.optimizer.config import OptimizerConfig
+from megatron.core.parallel_state import RankLayout
 from megatron.core.transformer.config import TransformerConfig
 from megatron.tokenizer.config import TokenizerConfig
 
@@ -37,10 +38,7 @@ logger = logging.getLogger(__name__)
 _TRANSFORMER_FLAGS = {
     "add_bias_linear": Flag(skip=True),  # --disable-bias-linear
     "params_dtype": Flag(skip=True),  # --fp16 / --bf16
-    "tensor_model_parallel_size": Flag(skip=True),  # parallel group
-    "pipeline_model_parallel_size": Flag(skip=True),
-    "virtual_pipeline_model_parallel_size": Flag(skip=True),
-    "sequence_parallel": Flag(skip=True),
+    "sequence_parallel": Flag(skip=True),  # --sequence-parallel is a parallelism flag
     "position_embedding_type": Flag(choices=("learned_absolute", "rope")),
     "normalization": Flag(choices=("LayerNorm", "RMSNorm")),
     "recompute_granularity": Flag(choices=("full", "selective")),
@@ -76,8 +74,21 @@ class RunConfig:
 
     @property
     def data_parallel_size(self) -> int:
+        """Model replicas: world size / (TP x PP)."""
         p = self.parallel
         return self.world_size // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size)
+
+    @property
+    def layout(self) -> RankLayout:
+        """The `RankLayout` the parallelism flags ask for (the process groups are built from it;
+        after initialisation `Runtime.pstate.layout` is the one to read)."""
+        p = self.parallel
+        return RankLayout(
+            self.world_size,
+            p.tensor_model_parallel_size,
+            p.pipeline_model_parallel_size,
+            p.virtual_pipeline_size(self.transformer.num_layers),
+        )
 
     def to_plain_dict(self) -> Dict[str, Any]:
         """Plain-data view (for checkpoints: loadable with weights_only=True)."""
@@ -135,15 +146,6 @@ def _transformer_config(
     ns: argparse.Namespace, model: ModelConfig, opt: OptimizerConfig, par: ParallelConfig
 ):
     dtype = torch.bfloat16 if opt.bf16 else torch.float16 if opt.fp16 else torch.float32
-    vpp = None
-    if par.num_layers_per_virtual_pipeline_stage is not None:
-        per_stage = ns.num_layers // par.pipeline_model_parallel_size
-        if per_stage % par.num_layers_per_virtual_pipeline_stage:
-            raise ValueError(
-                f"--num-layers-per-virtual-pipeline-stage {par.num_layers_per_virtual_pipeline_stage} "
-                f"must divide the {per_stage} layers of each pipeline stage"
-            )
-        vpp = per_stage // par.num_layers_per_virtual_pipeline_stage
     rec = dict(
         recompute_granularity=ns.recompute_granularity,
         recompute_method=ns.recompute_method,
@@ -158,10 +160,8 @@ def _transformer_config(
         add_bias_linear=not model.disable_bias_linear,
         params_dtype=dtype,
         position_embedding_type=pos,
-        tensor_model_parallel_size=par.tensor_model_parallel_size,
-        pipeline_model_parallel_size=par.pipeline_model_parallel_size,
-        virtual_pipeline_model_parallel_size=vpp,
-        sequence_parallel=par.sequence_parallel,
+        # nothing to shard at TP 1 (Megatron turns it off too)
+        sequence_parallel=par.sequence_parallel and par.tensor_model_parallel_size > 1,
         **rec,
     )
 
@@ -231,10 +231,8 @@ def config_from_namespace(ns: argparse.Namespace, parser, world_size: int) -> Ru
 
 def validate_run_config(run: RunConfig) -> None:
     """Checks that involve several configs or the world size."""
-    from megatron.core.parallel_state import RankLayout
-
     par, tr, model = run.parallel, run.training, run.model
-    RankLayout(run.world_size, par.tensor_model_parallel_size, par.pipeline_model_parallel_size)
+    run.transformer.check_layout(run.layout)
     dp = run.data_parallel_size
     if tr.global_batch_size is None:
         tr.global_batch_size = tr.micro_batch_size * dp
@@ -284,7 +282,7 @@ def validate_run_config(run: RunConfig) -> None:
         raise ValueError(
             "--mock-data needs a tokenizer for its vocabulary size: e.g. --tokenizer-type NullTokenizer --vocab-size 1024"
         )
-    vpp = run.transformer.virtual_pipeline_model_parallel_size
+    vpp = run.layout.virtual_pipeline_model_parallel_size
     if vpp and vpp > 1:
         _check_interleaved_micro_batches(tr, dp, par.pipeline_model_parallel_size)
     if run.data_efficiency.deepspeed_config:

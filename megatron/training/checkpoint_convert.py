@@ -38,7 +38,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from megatron.core.models.common import global_named_parameters, pad_vocab_size
-from megatron.core.models.gpt import WORD_EMBEDDINGS
+from megatron.core.models.common import WORD_EMBEDDINGS
 from megatron.core.parallel_state import ParallelState, RankLayout
 from megatron.core.tensor_parallel.init import shard_of
 from megatron.core.transformer.config import TransformerConfig
@@ -61,7 +61,7 @@ class Layout:
 
     @property
     def virtual(self) -> Optional[int]:
-        """The virtual pipeline size as TransformerConfig stores it (None without VPP)."""
+        """The virtual pipeline size as RankLayout stores it (None without VPP)."""
         return self.vpp if self.vpp > 1 else None
 
     def __str__(self) -> str:
@@ -113,8 +113,11 @@ class MergedCheckpoint:
 def layout_of(args: Dict[str, Any]) -> Layout:
     """The layout a checkpoint was saved with (from its stored arguments)."""
     par, tr = args["parallel"], args["transformer"]
-    vpp = tr.get("virtual_pipeline_model_parallel_size") or 1
-    return Layout(par["tensor_model_parallel_size"], par["pipeline_model_parallel_size"], vpp)
+    tp, pp = par["tensor_model_parallel_size"], par["pipeline_model_parallel_size"]
+    per_chunk = par.get("num_layers_per_virtual_pipeline_stage")
+    vpp = tr["num_layers"] // pp // per_chunk if per_chunk else 1
+    # checkpoints of earlier versions also stored the virtual size with the transformer options
+    return Layout(tp, pp, tr.get("virtual_pipeline_model_parallel_size") or vpp)
 
 
 def target_layout(
@@ -142,20 +145,17 @@ def target_layout(
 
 
 def transformer_config(args: Dict[str, Any], layout: Layout) -> TransformerConfig:
-    """TransformerConfig of the stored arguments with the given layout (validates it)."""
+    """TransformerConfig of the stored arguments, checked against the given layout."""
     stored = dict(args["transformer"])
     names = {f.name for f in dataclasses.fields(TransformerConfig) if f.init}
     values = {k: v for k, v in stored.items() if k in names}
     values["params_dtype"] = getattr(torch, str(values.get("params_dtype", "float32")))
-    values.update(
-        tensor_model_parallel_size=layout.tp,
-        pipeline_model_parallel_size=layout.pp,
-        virtual_pipeline_model_parallel_size=layout.virtual,
-    )
     try:
-        return TransformerConfig(**values)
+        config = TransformerConfig(**values)
+        config.check_layout(RankLayout(layout.tp * layout.pp, layout.tp, layout.pp, layout.virtual))
     except ValueError as err:
         raise ValueError(f"layout {layout} does not fit the model: {err}") from None
+    return config
 
 
 def _meta_chunk(args, model_type: str, config, layout: Layout, vocab: int, pp_rank: int, vp):
@@ -510,11 +510,12 @@ def _new_args(merged: MergedCheckpoint, target: Layout) -> Dict[str, Any]:
             num_layers // (target.pp * target.vpp) if target.virtual else None
         ),
     )
-    args["transformer"].update(
-        tensor_model_parallel_size=target.tp,
-        pipeline_model_parallel_size=target.pp,
-        virtual_pipeline_model_parallel_size=target.virtual,
-    )
+    for stale in (  # layout fields of earlier versions' transformer options
+        "tensor_model_parallel_size",
+        "pipeline_model_parallel_size",
+        "virtual_pipeline_model_parallel_size",
+    ):
+        args["transformer"].pop(stale, None)
     args["world_size"] = dp * target.tp * target.pp
     return args
 

@@ -22,6 +22,7 @@ latest one. Contents are plain data (tensors, numbers, strings, lists, dicts):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -151,50 +152,63 @@ def load_model_state_dict(
 
 
 # ---- save / load ---------------------------------------------------------------------------
-def save_checkpoint(
-    root: str,
-    iteration: int,
-    model_chunks: List[torch.nn.Module],
-    optimizer,
-    scheduler,
-    pstate,
-    rng_tracker,
-    args_dict: Dict[str, Any],
-    train_state: Dict[str, Any],
-    data_efficiency_state: Optional[Dict[str, Any]] = None,
-    save_optim: bool = True,
-    save_rng: bool = True,
-) -> str:
-    """Save one iteration (collective: every rank must call it). Returns the folder."""
+@dataclasses.dataclass
+class CheckpointContent:
+    """What one checkpoint holds, as the training loop hands it over."""
+
+    iteration: int
+    """The iteration the state belongs to (names the folder)."""
+
+    model_chunks: List[torch.nn.Module]
+    """This rank's model chunks, unwrapped (no DDP)."""
+
+    args: Dict[str, Any]
+    """The run's options as plain data."""
+
+    train_state: Dict[str, Any]
+    """The loop's counters (iteration, consumed samples and tokens, skipped iterations, ...)."""
+
+    optimizer: Any = None
+    """The optimizer whose state is saved (None: none saved, --no-save-optim)."""
+
+    scheduler: Any = None
+    """The learning-rate scheduler (None: none saved)."""
+
+    data_efficiency: Optional[Dict[str, Any]] = None
+    """State of curriculum learning and random-LTD, or None."""
+
+    rng_tracker: Any = None
+    """The tensor-parallel RNG streams, saved with the other RNG states."""
+
+    save_rng: bool = True
+    """Save every data-parallel rank's RNG states (off with --no-save-rng)."""
+
+
+def save_checkpoint(root: str, content: CheckpointContent, pstate) -> str:
+    """Save one iteration under `root` (collective: every rank must call it). Returns the folder."""
     # Collectives first, on every rank, in the same order.
-    optim_sd = optimizer.state_dict() if (save_optim and optimizer is not None) else None
-    rng = _gather_rng_states(rng_tracker, pstate.dp_group) if save_rng else None
+    optimizer, iteration = content.optimizer, content.iteration
+    optim_sd = optimizer.state_dict() if optimizer is not None else None
+    rng = _gather_rng_states(content.rng_tracker, pstate.dp_group) if content.save_rng else None
     if pstate.dp_rank == 0:
+        train_state, scheduler = content.train_state, content.scheduler
         sd: Dict[str, Any] = {
-            "args": args_dict,
+            "args": content.args,
             "checkpoint_version": CHECKPOINT_VERSION,
             "iteration": iteration,
             "optimizer": optim_sd,
             "opt_param_scheduler": scheduler.state_dict() if scheduler is not None else None,
             "rng_state": rng,
-            "data_efficiency": data_efficiency_state,
+            "data_efficiency": content.data_efficiency,
             "train_state": dict(train_state),
         }
-        sd.update(
-            {
-                k: train_state[k]
-                for k in (
-                    "consumed_train_samples",
-                    "consumed_valid_samples",
-                    "consumed_train_tokens",
-                )
-                if k in train_state
-            }
-        )
-        if len(model_chunks) == 1:
-            sd["model"] = model_state_dict(model_chunks[0])
+        counters = ("consumed_train_samples", "consumed_valid_samples", "consumed_train_tokens")
+        sd.update({k: train_state[k] for k in counters if k in train_state})
+        chunks = content.model_chunks
+        if len(chunks) == 1:
+            sd["model"] = model_state_dict(chunks[0])
         else:
-            for i, chunk in enumerate(model_chunks):
+            for i, chunk in enumerate(chunks):
                 sd[f"model{i}"] = model_state_dict(chunk)
         path = checkpoint_file(root, iteration, pstate.tp_rank, pstate.pp_rank, pstate.pp_size)
         _atomic_save(sd, path)

@@ -225,6 +225,20 @@ class ParallelConfig:
         if self.tensor_model_parallel_size < 1 or self.pipeline_model_parallel_size < 1:
             raise ValueError("parallel sizes must be >= 1")
 
+    def virtual_pipeline_size(self, num_layers: int) -> Optional[int]:
+        """Model chunks per pipeline rank that --num-layers-per-virtual-pipeline-stage asks for
+        (None when it is not given)."""
+        per_chunk = self.num_layers_per_virtual_pipeline_stage
+        if per_chunk is None:
+            return None
+        per_stage = num_layers // self.pipeline_model_parallel_size
+        if per_chunk < 1 or per_stage % per_chunk:
+            raise ValueError(
+                f"--num-layers-per-virtual-pipeline-stage {per_chunk} must divide the {per_stage} "
+                "layers of each pipeline stage"
+            )
+        return per_stage // per_chunk
+
 
 @dataclasses.dataclass
 class ModelConfig:

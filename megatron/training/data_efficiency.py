@@ -319,7 +319,7 @@ def build_data_efficiency(run, model_type: str, pstate) -> DataEfficiency:
         run.model.seq_length,
         run.transformer.num_layers,
         run.transformer.sequence_parallel,
-        run.parallel.pipeline_model_parallel_size > 1,
+        pstate.pp_size > 1,
         run.training.seed,
         pstate.dp_rank,
     )

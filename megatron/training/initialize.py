@@ -69,10 +69,12 @@ def init_distributed(run: RunConfig) -> ParallelState:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, timeout=timeout)
-    p = run.parallel
-    vpp = run.transformer.virtual_pipeline_model_parallel_size
+    layout = run.layout
     return ParallelState.initialize(
-        p.tensor_model_parallel_size, p.pipeline_model_parallel_size, vpp, timeout
+        layout.tensor_model_parallel_size,
+        layout.pipeline_model_parallel_size,
+        layout.virtual_pipeline_model_parallel_size,
+        timeout,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 from megatron.core.transformer.config import TransformerConfig
 
@@ -148,3 +148,78 @@ def format_iteration_line(
         else:
             parts.append(f"{key}: {value}")
     return " | ".join(parts) + " |"
+
+
+class IterationLogger:
+    """The iteration line and the per-iteration scalars of the training loop.
+
+    Reports and tokens accumulate between log lines (`record`); every --log-interval iterations
+    `log` writes Megatron's iteration line with their averages, the throughput over the interval
+    and the run's state, and sends the scalars to the sink.
+
+    Args:
+        sink: where scalars go (TensorBoard / W&B / none).
+        flops_per_token: model FLOPs per token (for TFLOP/s).
+        world_size: ranks of the run (TFLOP/s per rank).
+        train_iters: --train-iters (the "N/ M" of the line; None when the budget is not in
+            iterations).
+    """
+
+    def __init__(
+        self,
+        sink: MetricSink,
+        flops_per_token: float,
+        world_size: int,
+        train_iters: Optional[int],
+    ):
+        self.sink, self.flops_per_token = sink, flops_per_token
+        self.world_size, self.train_iters = max(world_size, 1), train_iters
+        self.timer = Timer()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.iterations, self.tokens = 0, 0
+        self.reports: Dict[str, float] = {}
+
+    def record(self, report: Dict[str, float], tokens: int) -> None:
+        """Add one iteration's averaged reports and consumed tokens to the interval."""
+        self.iterations += 1
+        self.tokens += tokens
+        for k, v in report.items():
+            self.reports[k] = self.reports.get(k, 0.0) + v
+
+    def log(self, state: Any, lr: float, gbs: int, loss_scale: float, grad_norm, extra: Dict) -> None:
+        """Write the line for iteration `state.iteration` and start a new interval.
+
+        Args:
+            state: the training counters (iteration, consumed samples and tokens, skipped and
+                nan iterations).
+            lr: the current learning rate; gbs: the current global batch size.
+            loss_scale: the optimizer's loss scale; grad_norm: the last gradient norm or None.
+            extra: more fields for the line and the sink (curriculum and random-LTD values).
+        """
+        elapsed, n = self.timer.reset(), max(self.iterations, 1)
+        step, sink = state.iteration, self.sink
+        rate = self.tokens / elapsed if elapsed > 0 else 0.0
+        fields = {
+            "consumed samples": state.consumed_train_samples,
+            "consumed tokens": state.consumed_train_tokens,
+            "elapsed time per iteration (ms)": elapsed * 1000.0 / n,
+            "throughput (tokens/s)": rate,
+            "TFLOP/s per rank": self.flops_per_token * rate / 1e12 / self.world_size,
+            "learning rate": lr,
+            "global batch size": gbs,
+        }
+        averages = {k: v / n for k, v in self.reports.items()}
+        for k, v in list(extra.items()) + list(averages.items()):
+            fields[k] = v
+            sink.scalar(k, v, step)
+        fields["loss scale"] = float(loss_scale)
+        if grad_norm is not None:
+            fields["grad norm"] = float(grad_norm)
+            sink.scalar("grad-norm", float(grad_norm), step)
+        fields["number of skipped iterations"] = state.skipped_iterations
+        fields["number of nan iterations"] = state.nan_iterations
+        sink.scalar("learning-rate", lr, step)
+        logger.info(format_iteration_line(fields, step, self.train_iters))
+        self._reset()

@@ -5,6 +5,9 @@ A pretraining script provides three callbacks (see pretrain_gpt.py):
     model_provider(run, runtime, pre_process, post_process, vp_rank) -> torch.nn.Module
     datasets_provider(run, runtime, num_samples [train, valid, test]) -> (train, valid, test)
     forward_step(data_iterator, model) -> (output, loss_func)   (see core.pipeline_parallel)
+
+`vp_rank` is the index of the model chunk to build (None without virtual pipeline stages);
+`language_model_kwargs` gives the arguments GPTModel and BertModel share.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import logging
 import math
 import signal
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -22,15 +25,18 @@ import torch.distributed as dist
 from megatron.core.distributed import DDPConfig, DistributedDataParallel, finalize_model_grads
 from megatron.core.optimizer import get_megatron_optimizer
 from megatron.core.pipeline_parallel import broadcast_from_last_stage, get_forward_backward_func
+from megatron.core.pipeline_parallel.schedule_args import ScheduleArgs
+from megatron.core.utils import unwrap_model
 
 from . import checkpointing as ckpt
 from .arguments import RunConfig, parse_args
+from .budget import build_scheduler, schedule_spans, train_num_samples
 from .data_efficiency import build_data_efficiency
 from .data_samplers import CyclicSampler, PretrainingSampler
 from .initialize import Runtime, initialize
 from .liveness import report_lost_ranks
 from .lr_scheduler import OptimizerParamScheduler
-from .metrics import Timer, build_sinks, flops_per_token, format_iteration_line
+from .metrics import IterationLogger, MetricSink, build_sinks, flops_per_token
 from .microbatches import MicroBatchCalculator
 
 logger = logging.getLogger(__name__)
@@ -49,117 +55,133 @@ class TrainState:
     floating_point_operations_so_far: float = 0.0
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside wrappers (DDP)."""
-    while hasattr(model, "module"):
-        model = model.module
-    return model
+@dataclasses.dataclass
+class TrainingContext:
+    """What the training loop works with, built once by `pretrain`."""
 
+    run: RunConfig
+    """The run's options."""
 
-# ---- budget --------------------------------------------------------------------------------
-def train_num_samples(run: RunConfig, calc: MicroBatchCalculator) -> int:
-    """Training samples the datasets must provide."""
-    tr = run.training
-    if tr.train_samples is not None:
-        return tr.train_samples
-    if tr.train_iters is not None:
-        if tr.rampup_batch_size is None:
-            return tr.train_iters * tr.global_batch_size
-        consumed = 0
-        for _ in range(tr.train_iters):
-            consumed += calc.global_batch_at(consumed)
-        return consumed
-    if tr.train_tokens is not None:
-        return math.ceil(tr.train_tokens / run.model.seq_length)
-    return 0
+    rt: Runtime
+    """Process groups, device, RNG streams, tokenizer, data efficiency."""
 
+    forward_step: Callable
+    """The script's forward_step(data_iterator, model) -> (output, loss_func)."""
 
-def schedule_spans(run: RunConfig, train_samples: int) -> Dict[str, Optional[int]]:
-    """Warmup and decay spans of the lr schedule in samples (and tokens), checked against each
-    other so a bad combination fails before any heavy work, naming the flags."""
-    s, gbs = run.scheduler, run.training.global_batch_size
-    if run.optimizer.lr is None:
-        raise ValueError("--lr is required")
-    if s.lr_decay_samples is not None:
-        decay, decay_src = s.lr_decay_samples, "--lr-decay-samples"
-    elif s.lr_decay_iters is not None:
-        decay, decay_src = s.lr_decay_iters * gbs, "--lr-decay-iters"
-    else:
-        decay, decay_src = (
-            train_samples or None,
-            "the training budget (--train-iters/--train-samples)",
+    model: List[torch.nn.Module]
+    """This rank's model chunks, wrapped for data parallelism."""
+
+    optimizer: Any
+    """The mixed-precision / distributed optimizer."""
+
+    scheduler: OptimizerParamScheduler
+    """The learning-rate schedule."""
+
+    calc: MicroBatchCalculator
+    """Global batch size (ramp-up) and micro-batches per step."""
+
+    sink: MetricSink
+    """Where scalars go (TensorBoard / W&B / none)."""
+
+    flops_per_token: float
+    """Model FLOPs per trained token (throughput figures)."""
+
+    def schedule_args(
+        self, data_iterator, num_microbatches: int, shape: Tuple[int, int], forward_only: bool
+    ) -> ScheduleArgs:
+        """The schedule's arguments for one global batch of micro-batches (rows, length)."""
+        model, pstate = self.model, self.rt.pstate
+        no_sync = model[0].no_sync if len(model) == 1 else [m.no_sync for m in model]
+        return ScheduleArgs(
+            forward_step_func=self.forward_step,
+            data_iterator=data_iterator,
+            model=model if len(model) > 1 else model[0],
+            num_microbatches=num_microbatches,
+            seq_length=shape[1],
+            micro_batch_size=shape[0],
+            forward_only=forward_only,
+            grad_scale_func=None if forward_only else self.optimizer.scale_loss,
+            no_sync_func=None if forward_only else no_sync,
+            pstate=pstate,
+            config=self.run.transformer,
         )
-    decay_tokens = s.lr_decay_tokens
-    if decay_tokens is None and not decay and run.training.train_tokens:
-        decay_tokens = run.training.train_tokens
-    if s.lr_warmup_fraction is not None:
-        warmup, warmup_src = int(s.lr_warmup_fraction * (decay or 0)), "--lr-warmup-fraction"
-    else:
-        warmup = s.lr_warmup_samples or s.lr_warmup_iters * gbs
-        warmup_src = "--lr-warmup-samples" if s.lr_warmup_samples else "--lr-warmup-iters"
-    if s.lr_decay_style != "constant" and decay and not s.lr_warmup_tokens and warmup >= decay:
-        raise ValueError(
-            f"the lr warmup ({warmup_src}: {warmup} samples) must be shorter than the decay span "
-            f"({decay_src}: {decay} samples); shorten the warmup or lengthen the decay"
-        )
-    if s.lr_warmup_tokens and decay_tokens and s.lr_warmup_tokens >= decay_tokens:
-        raise ValueError(
-            f"--lr-warmup-tokens {s.lr_warmup_tokens} must be smaller than the token decay span {decay_tokens}"
-        )
-    return dict(
-        warmup_steps=warmup,
-        decay_steps=decay,
-        warmup_tokens=s.lr_warmup_tokens,
-        decay_tokens=decay_tokens,
-    )
+
+    def schedule(self) -> Callable:
+        """The forward/backward schedule of this rank's pipeline layout."""
+        return get_forward_backward_func(self.rt.pstate.pp_size, self.rt.pstate.vpp_size)
 
 
-def build_scheduler(
-    run: RunConfig, optimizer, train_samples: int, de=None
-) -> OptimizerParamScheduler:
-    """Learning-rate schedule in samples (or tokens, or random-LTD layer-tokens) from the lr flags,
-    the budget and the data_efficiency config's layer_token_lr_schedule."""
-    spans = schedule_spans(run, train_samples)
-    lt = de.ltd.layer_token_lr_schedule if de is not None and de.ltd is not None else None
-    if lt is not None and lt.enabled:
-        spans.update(
-            warmup_layer_tokens=lt.warmup_layer_tokens or None,
-            decay_layer_tokens=lt.total_layer_tokens,
-        )
-        logger.info(
-            "lr schedule in layer-tokens: warmup %s, decay over %s",
-            lt.warmup_layer_tokens,
-            lt.total_layer_tokens,
-        )
-    return OptimizerParamScheduler(
-        optimizer,
-        max_lr=run.optimizer.lr,
-        min_lr=run.optimizer.min_lr,
-        decay_style=run.scheduler.lr_decay_style,
-        **spans,
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+    """One training step, planned before it runs (each field a pure function of the step)."""
+
+    step: int
+    """1-based iteration number."""
+
+    global_batch_size: int
+    """Samples in the step (batch-size ramp-up may change it)."""
+
+    num_microbatches: int
+    """Micro-batches per data-parallel rank."""
+
+    shape: Tuple[int, int]
+    """(rows, tokens per row) of every micro-batch (a curriculum may change it)."""
+
+    tokens: int
+    """Tokens the step consumes for accounting (curriculum and random-LTD lengths)."""
+
+    layer_tokens: int
+    """Layer-tokens of the step (the random-LTD lr schedule's clock)."""
+
+
+def plan_step(ctx: TrainingContext, st: TrainState) -> StepPlan:
+    """The plan of the step after `st.iteration`."""
+    step, mbs = st.iteration + 1, ctx.run.training.micro_batch_size
+    gbs = ctx.calc.global_batch_at(st.consumed_train_samples)
+    de = ctx.rt.data_efficiency
+    return StepPlan(
+        step=step,
+        global_batch_size=gbs,
+        num_microbatches=gbs // ctx.calc.unit,
+        shape=de.batch_shape(step, mbs),
+        tokens=de.tokens_per_step(step, gbs, mbs),
+        layer_tokens=de.layer_tokens_per_step(step, gbs, mbs),
     )
 
 
 # ---- model ---------------------------------------------------------------------------------
+def language_model_kwargs(
+    run: RunConfig, rt: Runtime, pre_process: bool, post_process: bool, vp_rank: Optional[int]
+) -> Dict[str, Any]:
+    """The arguments GPTModel and BertModel take from the run and the runtime."""
+    return dict(
+        config=run.transformer,
+        vocab_size=rt.padded_vocab_size,
+        max_sequence_length=run.model.max_position_embeddings,
+        pstate=rt.pstate,
+        rng_tracker=rt.rng_tracker,
+        pre_process=pre_process,
+        post_process=post_process,
+        vp_rank=vp_rank,
+    )
+
+
 def build_model(model_provider: Callable, run: RunConfig, rt: Runtime) -> List[torch.nn.Module]:
     """Model chunks of this rank, initialised, on the device, wrapped for data parallelism."""
     pstate = rt.pstate
-    vpp = run.transformer.virtual_pipeline_model_parallel_size
+    vpp = pstate.vpp_size
+    gen_device = (
+        "cpu" if run.parallel.use_cpu_initialization or rt.device.type == "cpu" else rt.device.type
+    )
     chunks = []
     for vp in range(vpp or 1):
-        pstate.virtual_pipeline_rank = vp if vpp else None
-        pre = pstate.is_pipeline_first_stage()
-        post = pstate.is_pipeline_last_stage()
-        model = model_provider(run, rt, pre, post, vp if vpp else None)
-        gen_device = (
-            "cpu"
-            if run.parallel.use_cpu_initialization or rt.device.type == "cpu"
-            else rt.device.type
-        )
+        vp_rank = vp if vpp else None
+        pre = pstate.is_pipeline_first_stage(vp_rank)
+        post = pstate.is_pipeline_last_stage(vp_rank)
+        model = model_provider(run, rt, pre, post, vp_rank)
         model.to(rt.device)
-        unwrap(model).initialize(run.training.seed, gen_device)
+        unwrap_model(model).initialize(run.training.seed, gen_device)
         chunks.append(model)
-    pstate.virtual_pipeline_rank = 0 if vpp else None
     n = sum(p.numel() for c in chunks for p in c.parameters())
     logger.info("number of parameters on (TP %d, PP %d): %d", pstate.tp_rank, pstate.pp_rank, n)
     ddp_cfg = DDPConfig(
@@ -214,85 +236,60 @@ def _average_reports(reports: List[Dict[str, torch.Tensor]], pstate) -> Dict[str
     return broadcast_from_last_stage(values, pstate)
 
 
-def _no_sync_func(model):
-    return model[0].no_sync if len(model) == 1 else [m.no_sync for m in model]
+def train_step(ctx: TrainingContext, data_iterator, plan: StepPlan):
+    """Forward/backward over the step's micro-batches, gradient sync, optimizer step.
 
-
-def train_step(
-    forward_step,
-    data_iterator,
-    model,
-    optimizer,
-    scheduler,
-    run,
-    rt,
-    num_micro,
-    increment,
-    tokens,
-    shape=None,
-    layer_tokens=0,
-):
-    """Forward/backward over the micro-batches, gradient sync, optimizer step.
-
-    `shape` is (rows, length) of this step's micro-batches (the curriculum may change it); every
-    pipeline stage derives its activation shapes from it.
+    Every pipeline stage derives its activation shapes from `plan.shape`. Returns (reports
+    averaged over micro-batches and DP ranks, whether the update was applied, grad norm).
     """
-    rows, length = shape or (run.training.micro_batch_size, run.model.seq_length)
-    for m in model:
+    for m in ctx.model:
         m.zero_grad_buffer()
-    optimizer.zero_grad()
-    schedule = get_forward_backward_func(
-        run.parallel.pipeline_model_parallel_size,
-        run.transformer.virtual_pipeline_model_parallel_size,
-    )
-    reports = schedule(
-        forward_step_func=forward_step,
-        data_iterator=data_iterator,
-        model=model if len(model) > 1 else model[0],
-        num_microbatches=num_micro,
-        seq_length=length,
-        micro_batch_size=rows,
-        forward_only=False,
-        grad_scale_func=optimizer.scale_loss,
-        no_sync_func=_no_sync_func(model),
-        pstate=rt.pstate,
-        config=run.transformer,
-    )
-    finalize_model_grads(model, rt.pstate)
-    ok, grad_norm, _ = optimizer.step()
+    ctx.optimizer.zero_grad()
+    args = ctx.schedule_args(data_iterator, plan.num_microbatches, plan.shape, forward_only=False)
+    reports = ctx.schedule()(args)
+    finalize_model_grads(ctx.model, ctx.rt.pstate)
+    ok, grad_norm, _ = ctx.optimizer.step()
     if ok:
-        scheduler.step(increment, tokens, layer_tokens)
-    return _average_reports(reports, rt.pstate), ok, grad_norm
+        ctx.scheduler.step(plan.global_batch_size, plan.tokens, plan.layer_tokens)
+    return _average_reports(reports, ctx.rt.pstate), ok, grad_norm
 
 
 @torch.no_grad()
-def evaluate(forward_step, data_loader, model, run, rt, num_micro) -> Dict[str, float]:
+def evaluate(ctx: TrainingContext, data_loader) -> Dict[str, float]:
     """Average reported values over --eval-iters global batches of `data_loader`."""
-    for m in model:
+    run = ctx.run
+    for m in ctx.model:
         m.eval()
-    schedule = get_forward_backward_func(
-        run.parallel.pipeline_model_parallel_size,
-        run.transformer.virtual_pipeline_model_parallel_size,
-    )
     it = iter(data_loader)
+    shape = (run.training.micro_batch_size, run.model.seq_length)
+    num_micro = ctx.calc.num_micro_batches_at(0)
     totals: Dict[str, float] = {}
     for _ in range(run.training.eval_iters):
-        reports = schedule(
-            forward_step_func=forward_step,
-            data_iterator=it,
-            model=model if len(model) > 1 else model[0],
-            num_microbatches=num_micro,
-            seq_length=run.model.seq_length,
-            micro_batch_size=run.training.micro_batch_size,
-            forward_only=True,
-            pstate=rt.pstate,
-            config=run.transformer,
-        )
-        for k, v in _average_reports(reports, rt.pstate).items():
+        reports = ctx.schedule()(ctx.schedule_args(it, num_micro, shape, forward_only=True))
+        for k, v in _average_reports(reports, ctx.rt.pstate).items():
             totals[k] = totals.get(k, 0.0) + v / run.training.eval_iters
-    for m in model:
+    for m in ctx.model:
         m.train()
     return totals
+
+
+def _run_evaluation(ctx: TrainingContext, st: TrainState, loader, label: str = "validation"):
+    run, sink = ctx.run, ctx.sink
+    if loader is None or run.training.eval_iters == 0:
+        return None
+    results = evaluate(ctx, loader)
+    parts = []
+    for k, v in results.items():
+        parts.append(f"{k} value: {v:.6E}")
+        sink.scalar(f"{k} {label}", v, st.iteration)
+        if "loss" in k:
+            ppl = math.exp(min(20.0, v))
+            parts.append(f"{k} PPL: {ppl:.6E}")
+            if run.logging.log_validation_ppl_to_tensorboard:
+                sink.scalar(f"{k} {label} ppl", ppl, st.iteration)
+    line = f" {label} loss at iteration {st.iteration} | " + " | ".join(parts)
+    logger.info("-" * len(line) + "\n" + line + "\n" + "-" * len(line))
+    return results
 
 
 # ---- the loop ------------------------------------------------------------------------------
@@ -329,219 +326,133 @@ def _budget_done(run: RunConfig, st: TrainState) -> bool:
     return False
 
 
-def save(run, rt, st, model, optimizer, scheduler):
+def save(ctx: TrainingContext, st: TrainState) -> None:
     """Save a checkpoint of the current state to --save."""
-    ck = run.checkpoint
+    run, rt, ck = ctx.run, ctx.rt, ctx.run.checkpoint
     rt.last_saved_iteration = st.iteration
-    de_state = (
-        rt.data_efficiency.state_dict(st.iteration) if rt.data_efficiency is not None else None
-    )
-    ckpt.save_checkpoint(
-        ck.save,
-        st.iteration,
-        [unwrap(m) for m in model],
-        optimizer,
-        scheduler,
-        rt.pstate,
-        rt.rng_tracker,
-        run.to_plain_dict(),
-        dataclasses.asdict(st),
-        de_state,
-        save_optim=not ck.no_save_optim,
+    de = rt.data_efficiency
+    content = ckpt.CheckpointContent(
+        iteration=st.iteration,
+        model_chunks=[unwrap_model(m) for m in ctx.model],
+        args=run.to_plain_dict(),
+        train_state=dataclasses.asdict(st),
+        optimizer=None if ck.no_save_optim else ctx.optimizer,
+        scheduler=ctx.scheduler,
+        data_efficiency=de.state_dict(st.iteration) if de is not None else None,
+        rng_tracker=rt.rng_tracker,
         save_rng=not ck.no_save_rng,
     )
+    ckpt.save_checkpoint(ck.save, content, rt.pstate)
 
 
-def _log_iteration(
-    run,
-    st,
-    report,
-    lr,
-    gbs,
-    elapsed,
-    optimizer,
-    grad_norm,
-    interval_iters,
-    tokens_interval,
-    flops_tok,
-    sink,
-    extra=None,
-):
-    fields = {
-        "consumed samples": st.consumed_train_samples,
-        "consumed tokens": st.consumed_train_tokens,
-        "elapsed time per iteration (ms)": elapsed * 1000.0 / interval_iters,
-        "throughput (tokens/s)": tokens_interval / elapsed if elapsed > 0 else 0.0,
-        "TFLOP/s per rank": flops_tok * tokens_interval / elapsed / 1e12 / max(run.world_size, 1)
-        if elapsed > 0
-        else 0.0,
-        "learning rate": lr,
-        "global batch size": gbs,
-    }
-    for k, v in (extra or {}).items():
-        fields[k] = v
-        sink.scalar(k, v, st.iteration)
-    for k, v in report.items():
-        fields[k] = v
-        sink.scalar(k, v, st.iteration)
-    fields["loss scale"] = float(optimizer.get_loss_scale())
-    if grad_norm is not None:
-        fields["grad norm"] = float(grad_norm)
-        sink.scalar("grad-norm", float(grad_norm), st.iteration)
-    fields["number of skipped iterations"] = st.skipped_iterations
-    fields["number of nan iterations"] = st.nan_iterations
-    sink.scalar("learning-rate", lr, st.iteration)
-    logger.info(format_iteration_line(fields, st.iteration, run.training.train_iters))
+def _count(st: TrainState, plan: StepPlan, report: Dict[str, float], ok: bool, flops: float):
+    """Advance the counters by one step."""
+    st.iteration += 1
+    st.consumed_train_samples += plan.global_batch_size
+    st.consumed_train_tokens += plan.tokens
+    st.floating_point_operations_so_far += flops * plan.tokens
+    if not ok:
+        st.skipped_iterations += 1
+    if any(not math.isfinite(v) for v in report.values()):
+        st.nan_iterations += 1
 
 
-def _run_evaluation(run, rt, st, forward_step, loader, model, calc, sink, label="validation"):
-    if loader is None or run.training.eval_iters == 0:
-        return None
-    results = evaluate(forward_step, loader, model, run, rt, calc.num_micro_batches_at(0))
-    parts = []
-    for k, v in results.items():
-        parts.append(f"{k} value: {v:.6E}")
-        sink.scalar(f"{k} {label}", v, st.iteration)
-        if "loss" in k:
-            ppl = math.exp(min(20.0, v))
-            parts.append(f"{k} PPL: {ppl:.6E}")
-            if run.logging.log_validation_ppl_to_tensorboard:
-                sink.scalar(f"{k} {label} ppl", ppl, st.iteration)
-    line = f" {label} loss at iteration {st.iteration} | " + " | ".join(parts)
-    logger.info("-" * len(line) + "\n" + line + "\n" + "-" * len(line))
-    return results
+def _exit_reason(run: RunConfig, st: TrainState, exit_signal: _ExitSignal, start: float):
+    """Why the loop stops after this iteration (None: it goes on); agreed by every rank."""
+    tr = run.training
+    if _any_rank(exit_signal.received):
+        return "SIGTERM received"
+    minutes = tr.exit_duration_in_mins
+    if minutes and _any_rank((time.time() - start) / 60.0 > minutes):
+        return f"--exit-duration-in-mins {minutes} reached"
+    if tr.exit_interval and st.iteration % tr.exit_interval == 0:
+        return f"--exit-interval {tr.exit_interval} reached"
+    return None
+
+
+def _after_step(ctx: TrainingContext, st: TrainState, valid_loader, exit_signal, start: float):
+    """Evaluation, periodic save and the exit checks after an iteration; the exit reason."""
+    tr, ck = ctx.run.training, ctx.run.checkpoint
+    if valid_loader is not None and st.iteration % tr.eval_interval == 0:
+        _run_evaluation(ctx, st, valid_loader)
+    saved = False
+    if ck.save and ck.save_interval and st.iteration % ck.save_interval == 0:
+        save(ctx, st)
+        saved = True
+    reason = _exit_reason(ctx.run, st, exit_signal, start)
+    if reason:
+        if ck.save and not saved:
+            save(ctx, st)
+        logger.info("exiting at iteration %d: %s", st.iteration, reason)
+    return reason
 
 
 def train(
-    run,
-    rt,
-    st,
-    forward_step,
-    model,
-    optimizer,
-    scheduler,
-    calc,
+    ctx: TrainingContext,
+    st: TrainState,
     train_loader,
     valid_loader,
-    sink,
-    flops_tok,
-    history=None,
-):
+    history: Optional[List[Dict]] = None,
+) -> Optional[str]:
     """The training loop; returns the exit reason (None when the budget was spent).
 
     When `history` is a list, one dict per iteration is appended to it (iteration, reported
     values averaged over DP, lr, grad norm, update success) for tests and tools.
     """
-    tr, ck = run.training, run.checkpoint
-    de = rt.data_efficiency
+    run, de = ctx.run, ctx.rt.data_efficiency
+    mbs = run.training.micro_batch_size
     exit_signal = _ExitSignal()
     start_time = time.time()
-    for m in model:
+    for m in ctx.model:
         m.train()
     data_iter = iter(train_loader)
-    timer, interval_iters, tokens_interval = Timer(), 0, 0
-    report_acc: Dict[str, float] = {}
+    log = IterationLogger(ctx.sink, ctx.flops_per_token, run.world_size, run.training.train_iters)
     try:
         while not _budget_done(run, st):
-            step = st.iteration + 1
-            gbs = calc.global_batch_at(st.consumed_train_samples)
-            num_micro = gbs // calc.unit
-            mbs = tr.micro_batch_size
-            shape = de.batch_shape(step, mbs)
-            tokens = de.tokens_per_step(step, gbs, mbs)
-            step_iter = de.step_iterator(data_iter, step, num_micro)
-            timer.start()
-            report, ok, grad_norm = train_step(
-                forward_step,
-                step_iter,
-                model,
-                optimizer,
-                scheduler,
-                run,
-                rt,
-                num_micro,
-                gbs,
-                tokens,
-                shape,
-                de.layer_tokens_per_step(step, gbs, mbs),
-            )
-            timer.stop()
-            st.iteration += 1
-            st.consumed_train_samples += gbs
-            st.consumed_train_tokens += tokens
-            st.floating_point_operations_so_far += flops_tok * tokens
-            if not ok:
-                st.skipped_iterations += 1
-            if any(not math.isfinite(v) for v in report.values()):
-                st.nan_iterations += 1
-            interval_iters += 1
-            tokens_interval += tokens
+            plan = plan_step(ctx, st)
+            step_iter = de.step_iterator(data_iter, plan.step, plan.num_microbatches)
+            log.timer.start()
+            report, ok, grad_norm = train_step(ctx, step_iter, plan)
+            log.timer.stop()
+            _count(st, plan, report, ok, ctx.flops_per_token)
+            log.record(report, plan.tokens)
+            fields = de.log_fields(plan.step, mbs)
             if history is not None:
                 history.append(
                     {
                         "iteration": st.iteration,
                         **report,
-                        **de.log_fields(step, mbs),
-                        "lr": scheduler.get_lr(),
+                        **fields,
+                        "lr": ctx.scheduler.get_lr(),
                         "grad_norm": grad_norm,
                         "update_successful": ok,
                         "consumed_train_tokens": st.consumed_train_tokens,
                     }
                 )
-            for k, v in report.items():
-                report_acc[k] = report_acc.get(k, 0.0) + v
-            if st.iteration % tr.log_interval == 0:
-                avg = {k: v / interval_iters for k, v in report_acc.items()}
-                _log_iteration(
-                    run,
-                    st,
-                    avg,
-                    scheduler.get_lr(),
-                    gbs,
-                    timer.reset(),
-                    optimizer,
-                    grad_norm,
-                    interval_iters,
-                    tokens_interval,
-                    flops_tok,
-                    sink,
-                    de.log_fields(step, mbs),
-                )
-                interval_iters, tokens_interval, report_acc = 0, 0, {}
-            if valid_loader is not None and st.iteration % tr.eval_interval == 0:
-                _run_evaluation(run, rt, st, forward_step, valid_loader, model, calc, sink)
-            saved = False
-            if ck.save and ck.save_interval and st.iteration % ck.save_interval == 0:
-                save(run, rt, st, model, optimizer, scheduler)
-                saved = True
-            reason = None
-            if _any_rank(exit_signal.received):
-                reason = "SIGTERM received"
-            elif tr.exit_duration_in_mins and _any_rank(
-                (time.time() - start_time) / 60.0 > tr.exit_duration_in_mins
-            ):
-                reason = f"--exit-duration-in-mins {tr.exit_duration_in_mins} reached"
-            elif tr.exit_interval and st.iteration % tr.exit_interval == 0:
-                reason = f"--exit-interval {tr.exit_interval} reached"
+            if st.iteration % run.training.log_interval == 0:
+                loss_scale = ctx.optimizer.get_loss_scale()
+                lr = ctx.scheduler.get_lr()
+                log.log(st, lr, plan.global_batch_size, loss_scale, grad_norm, fields)
+            reason = _after_step(ctx, st, valid_loader, exit_signal, start_time)
             if reason:
-                if ck.save and not saved:
-                    save(run, rt, st, model, optimizer, scheduler)
-                logger.info("exiting at iteration %d: %s", st.iteration, reason)
                 return reason
-        sink.flush()
+        ctx.sink.flush()
         return None
     finally:
         exit_signal.restore()
 
 
-def _load(run, rt, st, model, optimizer, scheduler):
-    ck = run.checkpoint
+# ---- checkpoints in, arguments from checkpoints --------------------------------------------
+def _load(ctx: TrainingContext, st: TrainState):
+    """Restore the state of --load into the model, optimizer, scheduler, RNG and counters;
+    returns the checkpoint's data-efficiency state (None without one)."""
+    run, rt, ck = ctx.run, ctx.rt, ctx.run.checkpoint
     path = ckpt.find_checkpoint(ck.load, rt.pstate, ck.ckpt_step)
     if path is None:
         logger.info("no checkpoint found in --load %s: starting from scratch", ck.load)
         return None
     sd = ckpt.load_checkpoint_file(path)
-    ckpt.restore_model(sd, [unwrap(m) for m in model])
+    ckpt.restore_model(sd, [unwrap_model(m) for m in ctx.model])
     if ck.finetune:
         logger.info("loaded model weights from %s (finetune: iteration 0)", path)
         return None
@@ -551,9 +462,9 @@ def _load(run, rt, st, model, optimizer, scheduler):
             setattr(st, f.name, ts[f.name])
     st.iteration = sd["iteration"]
     if not ck.no_load_optim and sd.get("optimizer") is not None:
-        optimizer.load_state_dict(sd["optimizer"])
+        ctx.optimizer.load_state_dict(sd["optimizer"])
     if sd.get("opt_param_scheduler") is not None and not ck.no_load_optim:
-        scheduler.load_state_dict(
+        ctx.scheduler.load_state_dict(
             sd["opt_param_scheduler"],
             use_checkpoint=run.scheduler.use_checkpoint_opt_param_scheduler,
             override=run.scheduler.override_opt_param_scheduler,
@@ -586,6 +497,51 @@ def _use_checkpoint_args(run: RunConfig) -> None:
     logger.info("--use-checkpoint-args: architecture from %s: %s", run.checkpoint.load, changes)
 
 
+# ---- pretrain ------------------------------------------------------------------------------
+def _parse(argv, extra_args_provider, args_defaults) -> Tuple[RunConfig, MicroBatchCalculator, int]:
+    """The run's options, its batch-size calculator and its training samples; a bad lr schedule
+    fails here, before any heavy work."""
+    run = parse_args(argv, extra_args_provider, args_defaults)
+    if run.checkpoint.use_checkpoint_args:
+        _use_checkpoint_args(run)
+    tr = run.training
+    calc = MicroBatchCalculator(
+        tr.global_batch_size, tr.micro_batch_size, run.data_parallel_size, tr.rampup_batch_size
+    )
+    n_train = train_num_samples(run, calc)
+    try:
+        schedule_spans(run, n_train)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    return run, calc, n_train
+
+
+def _build_loaders(ctx: TrainingContext, st: TrainState, datasets_provider, n_train, de_state):
+    """(train, valid, test) loaders; the curriculum sampler, when on, at the loaded step."""
+    run, rt = ctx.run, ctx.rt
+    de, gbs = rt.data_efficiency, run.training.global_batch_size
+    num_samples = [n_train, run.training.eval_iters * gbs, run.training.eval_iters * gbs]
+    if de.curriculum is not None and run.data.train_data_exact_num_epochs:
+        # The curriculum workflow of Megatron-DeepSpeed: the train split holds exactly these
+        # epochs (what the analysis saw) and the curriculum sampler cycles over it for
+        # data_sampling.num_epochs.
+        num_samples[0] = None
+    train_ds, valid_ds, test_ds = datasets_provider(run, rt, num_samples)
+    sampler = None
+    if train_ds is not None and de.curriculum is not None:
+        vocab = rt.tokenizer.vocab_size
+        sampler = de.build_sampler(
+            train_ds, run.training.micro_batch_size, rt.pstate.dp_size, ctx.calc.global_batch_at, vocab
+        )
+        de.load_state_dict(de_state, st.iteration)
+    cyclic = run.training.dataloader_type == "cyclic"
+    return (
+        build_data_loader(train_ds, st.consumed_train_samples, run, rt, cyclic, sampler),
+        build_data_loader(valid_ds, 0, run, rt, False),
+        build_data_loader(test_ds, 0, run, rt, False),
+    )
+
+
 def pretrain(
     datasets_provider: Callable,
     model_provider: Callable,
@@ -604,86 +560,41 @@ def pretrain(
 
     Returns the final counters; pass a list as `history` to collect one dict per iteration.
     """
-    run = parse_args(argv, extra_args_provider, args_defaults)
-    if run.checkpoint.use_checkpoint_args:
-        _use_checkpoint_args(run)
-    calc = MicroBatchCalculator(
-        run.training.global_batch_size,
-        run.training.micro_batch_size,
-        run.data_parallel_size,
-        run.training.rampup_batch_size,
-    )
-    n_train = train_num_samples(run, calc)
-    try:
-        schedule_spans(run, n_train)  # fail on a bad lr schedule before any heavy work
-    except ValueError as exc:
-        raise SystemExit(f"error: {exc}") from None
+    run, calc, n_train = _parse(argv, extra_args_provider, args_defaults)
     rt = initialize(run)
     rt.data_efficiency = build_data_efficiency(run, model_type, rt.pstate)
     model = build_model(model_provider, run, rt)
     optimizer = get_megatron_optimizer(run.optimizer, model, rt.pstate)
-    scheduler = build_scheduler(run, optimizer, n_train, rt.data_efficiency)
+    vocab = unwrap_model(model[0]).vocab_size
+    ctx = TrainingContext(
+        run=run,
+        rt=rt,
+        forward_step=forward_step,
+        model=model,
+        optimizer=optimizer,
+        scheduler=build_scheduler(run, optimizer, n_train, rt.data_efficiency),
+        calc=calc,
+        sink=build_sinks(run.logging, rt.pstate.rank, run.to_plain_dict()),
+        flops_per_token=flops_per_token(
+            run.transformer, run.model.seq_length, vocab, model_type == "gpt"
+        ),
+    )
     st = TrainState()
-    de_state = _load(run, rt, st, model, optimizer, scheduler) if run.checkpoint.load else None
-    gbs = run.training.global_batch_size
-    num_samples = [n_train, run.training.eval_iters * gbs, run.training.eval_iters * gbs]
-    if rt.data_efficiency.curriculum is not None and run.data.train_data_exact_num_epochs:
-        # The seed's curriculum workflow: the train split holds exactly these epochs (what the
-        # analysis saw) and the curriculum sampler cycles over it for data_sampling.num_epochs.
-        num_samples[0] = None
-    train_ds, valid_ds, test_ds = datasets_provider(run, rt, num_samples)
-    cyclic = run.training.dataloader_type == "cyclic"
-    sampler = None
-    if train_ds is not None and rt.data_efficiency.curriculum is not None:
-        sampler = rt.data_efficiency.build_sampler(
-            train_ds,
-            run.training.micro_batch_size,
-            rt.pstate.dp_size,
-            calc.global_batch_at,
-            rt.tokenizer.vocab_size,
-        )
-        rt.data_efficiency.load_state_dict(de_state, st.iteration)
-    train_loader = build_data_loader(train_ds, st.consumed_train_samples, run, rt, cyclic, sampler)
-    valid_loader = build_data_loader(valid_ds, 0, run, rt, False)
-    test_loader = build_data_loader(test_ds, 0, run, rt, False)
-    sink = build_sinks(run.logging, rt.pstate.rank, run.to_plain_dict())
-    vocab = unwrap(model[0]).vocab_size
-    flops_tok = flops_per_token(run.transformer, run.model.seq_length, vocab, model_type == "gpt")
+    de_state = _load(ctx, st) if run.checkpoint.load else None
+    train_loader, valid_loader, test_loader = _build_loaders(
+        ctx, st, datasets_provider, n_train, de_state
+    )
     reason = None
     if not run.training.skip_train:
         if train_loader is None:
             raise ValueError("no training samples: check --data-path and --split")
         # A collective that fails because a rank died becomes an error naming that rank.
         with report_lost_ranks(run.parallel.distributed_timeout_minutes):
-            reason = train(
-                run,
-                rt,
-                st,
-                forward_step,
-                model,
-                optimizer,
-                scheduler,
-                calc,
-                train_loader,
-                valid_loader,
-                sink,
-                flops_tok,
-                history,
-            )
+            reason = train(ctx, st, train_loader, valid_loader, history)
         if run.checkpoint.save and reason is None and rt.last_saved_iteration != st.iteration:
-            save(run, rt, st, model, optimizer, scheduler)
+            save(ctx, st)
     if reason is None:
-        _run_evaluation(
-            run,
-            rt,
-            st,
-            forward_step,
-            valid_loader,
-            model,
-            calc,
-            sink,
-            "validation (end of training)",
-        )
-        _run_evaluation(run, rt, st, forward_step, test_loader, model, calc, sink, "test")
-    sink.flush()
+        _run_evaluation(ctx, st, valid_loader, "validation (end of training)")
+        _run_evaluation(ctx, st, test_loader, "test")
+    ctx.sink.flush()
     return st

@@ -35,7 +35,6 @@ def tiny_gpt(dtype=torch.float32, pstate=None) -> GPTModel:
         hidden_dropout=0.0,
         attention_dropout=0.0,
         params_dtype=dtype,
-        tensor_model_parallel_size=tp,
         sequence_parallel=tp > 1,
     )
     model = GPTModel(cfg, vocab_size=VOCAB, max_sequence_length=SEQ, pstate=pstate)

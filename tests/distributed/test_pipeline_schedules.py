@@ -23,14 +23,14 @@ import torch
 
 from megatron.core.parallel_state import ParallelState, RankLayout
 from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator, pipeline_tensor_shape
+from megatron.core.pipeline_parallel.interleaved import InterleavedOrder
+from megatron.core.pipeline_parallel.pipeline_run import replicate_data_iterator
 from megatron.core.pipeline_parallel.schedules import (
-    InterleavedOrder,
     broadcast_from_last_stage,
     forward_backward_no_pipelining,
     forward_backward_pipelining_with_interleaving,
     forward_backward_pipelining_without_interleaving,
     get_forward_backward_func,
-    replicate_data_iterator,
 )
 from tests.distributed.launcher import run_distributed
 from tests.distributed.test_tp_model import (
@@ -82,6 +82,25 @@ def test_interleaved_order():
         InterleavedOrder(4, 0, 2, 6, False)
 
 
+@pytest.mark.parametrize(
+    "schedule",
+    [
+        forward_backward_no_pipelining,
+        forward_backward_pipelining_without_interleaving,
+        forward_backward_pipelining_with_interleaving,
+    ],
+)
+def test_a_misspelt_argument_is_an_error(schedule):
+    with pytest.raises(TypeError, match="forward_onyl"):
+        schedule(
+            forward_step_func=None,
+            data_iterator=None,
+            model=None,
+            num_microbatches=1,
+            forward_onyl=True,
+        )
+
+
 def test_replicate_data_iterator():
     pulled = []
 
@@ -101,15 +120,15 @@ def test_replicate_data_iterator():
 def test_layer_offsets_cover_every_layer_once():
     from megatron.core.transformer import TransformerConfig
 
+    cfg = TransformerConfig(num_layers=16)
     for pp, vpp in [(2, None), (4, None), (2, 2), (4, 2), (2, 4)]:
-        cfg = TransformerConfig(
-            num_layers=16, pipeline_model_parallel_size=pp, virtual_pipeline_model_parallel_size=vpp
-        )
+        layout = RankLayout(pp, 1, pp, vpp)
+        cfg.check_layout(layout)
         seen = []
         for v in range(vpp or 1):  # model order: chunk v of every rank, then chunk v + 1
             for r in range(pp):
-                start = cfg.layer_offset(r, v)
-                seen.extend(range(start, start + cfg.num_layers_per_chunk))
+                start = cfg.layer_offset(layout, r, v)
+                seen.extend(range(start, start + cfg.num_layers_per_chunk(layout)))
         assert seen == list(range(16)), (pp, vpp)
 
 
@@ -267,6 +286,7 @@ def _run_toy_rank(pipe, pp, vpp, rank, calls, hidden, forward_only):
     comm = _ThreadComm(pipe, rank, pp)
     no_sync, seen, enabled = _sync_recorder(chunks)
     schedule = get_forward_backward_func(pp, vpp)
+    pstate_before = dict(vars(pstate))
     results = []
     for m, s, b in calls:
         for c in chunks:
@@ -295,7 +315,7 @@ def _run_toy_rank(pipe, pp, vpp, rank, calls, hidden, forward_only):
         sync = [seen[c][seen_before[c] :] for c in range(len(chunks))]
         results.append((reports, grads, sync, list(enabled)))
     freed = [t.numel() for t in comm.sent_outputs]
-    return results, freed, pstate.virtual_pipeline_rank
+    return results, freed, dict(vars(pstate)) == pstate_before
 
 
 def _run_threads(pp, vpp, calls, hidden=3, forward_only=False):
@@ -371,11 +391,11 @@ def test_threaded_pipeline_matches_single_stage(pp, vpp, m):
             torch.testing.assert_close(merged[k], ref_grads[k], rtol=1e-10, atol=1e-12, msg=k)
     n_chunks = vpp or 1
     for rank in range(pp):
-        freed, vp_rank = out[rank][1], out[rank][2]
+        freed, pstate_unchanged = out[rank][1], out[rank][2]
         sending_chunks = n_chunks - 1 if rank == pp - 1 else n_chunks
         assert len(freed) == sum(mm for mm, _, _ in calls) * sending_chunks
         assert all(n == 1 for n in freed), "sent outputs keep their storage"
-        assert vp_rank is None  # the schedule restores the virtual pipeline rank
+        assert pstate_unchanged  # the schedule leaves the process-group state as it was
 
 
 @pytest.mark.parametrize("pp,vpp,m", [(3, None, 5), (2, 2, 4), (4, 2, 8)])
@@ -487,15 +507,10 @@ def _pipeline_body(rank, world_size, kind, tp, pp, vpp, cfg_kw, calls, check_p2p
     if check_p2p:
         _p2p_checks(pstate)
     make_batches, forward_step = KINDS[kind][1:]
-    cfg = make_config(
-        tensor_model_parallel_size=tp,
-        pipeline_model_parallel_size=pp,
-        virtual_pipeline_model_parallel_size=vpp,
-        **cfg_kw,
-    )
+    cfg = make_config(**cfg_kw)
     chunks = build_chunks(kind, cfg, pstate)
     schedule = get_forward_backward_func(pp, vpp)
-    last = pstate.is_pipeline_last_stage(ignore_virtual=True)
+    last = pstate.is_pipeline_last_stage()
     names = set()
     for i, (m, s, forward_only) in enumerate(calls):
         where = (
@@ -596,7 +611,7 @@ def _ddp_body(rank, world_size):
     from tests.distributed.test_tp_model import WORD_EMB, gpt_batches, gpt_forward_step
 
     pstate = ParallelState.initialize(1, 2, 2)
-    cfg = make_config(pipeline_model_parallel_size=2, virtual_pipeline_model_parallel_size=2)
+    cfg = make_config()
     ddp_cfg = DDPConfig(overlap_grad_reduce=True, bucket_size=2000)
     model = [
         DistributedDataParallel(c, ddp_cfg, pstate.dp_group)
@@ -622,7 +637,7 @@ def _ddp_body(rank, world_size):
         )
         finalize_model_grads(model, pstate)
         where = f"ddp step {step}"
-        if pstate.is_pipeline_last_stage(ignore_virtual=True):
+        if pstate.is_pipeline_last_stage():
             mine = ref_reports[4 * pstate.dp_rank : 4 * pstate.dp_rank + 4]
             assert_close_reports(reports, mine, where)
         for m in model:

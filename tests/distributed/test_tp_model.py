@@ -120,24 +120,23 @@ def build_chunks(
 ) -> List[torch.nn.Module]:
     """This rank's model chunks (one per virtual stage), initialised from SEED."""
     cls = KINDS[kind][0]
-    vpp = cfg.virtual_pipeline_model_parallel_size
+    vpp = pstate.vpp_size
     chunks = []
     for v in range(vpp or 1):
-        pstate.virtual_pipeline_rank = v if vpp else None
+        vp_rank = v if vpp else None
         model = cls(
             cfg,
             VOCAB,
             MAX_POS,
             pstate,
             None,
-            pre_process=pstate.is_pipeline_first_stage(),
-            post_process=pstate.is_pipeline_last_stage(),
-            vp_rank=v if vpp else None,
+            pre_process=pstate.is_pipeline_first_stage(vp_rank),
+            post_process=pstate.is_pipeline_last_stage(vp_rank),
+            vp_rank=vp_rank,
             **model_kw,
         )
         model.initialize(SEED)
         chunks.append(model)
-    pstate.virtual_pipeline_rank = 0 if vpp else None
     return chunks
 
 
@@ -226,7 +225,7 @@ def _tp_body(rank, world_size, kind, variants):
     for label, cfg_kw, model_kw in variants:
         batches = make_batches(2, 8, 2, seed=len(label))
         ref_reports, ref_grads = serial_reference(kind, cfg_kw, batches, **model_kw)
-        cfg = make_config(tensor_model_parallel_size=2, **cfg_kw)
+        cfg = make_config(**cfg_kw)
         (chunk,) = build_chunks(kind, cfg, pstate, **model_kw)
         reports = forward_backward_no_pipelining(
             forward_step_func=forward_step,

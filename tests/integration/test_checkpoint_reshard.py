@@ -106,7 +106,7 @@ def test_round_trip_restores_the_files_bit_for_bit(tp2pp2, tmp_path):
     )
     single = one["mp_rank_00"]
     assert single["args"]["parallel"]["tensor_model_parallel_size"] == 1
-    assert single["args"]["transformer"]["pipeline_model_parallel_size"] == 1
+    assert single["args"]["parallel"]["pipeline_model_parallel_size"] == 1
     assert single["args"]["world_size"] == 1
     assert single["iteration"] == 3 and single["consumed_train_samples"] == 24
     assert single["rng_state"] is None  # per-rank streams do not survive a layout change

@@ -14,7 +14,7 @@ import pytest
 from megatron.core.deepspeed_config import load_deepspeed_config
 from megatron.training.arguments import parse_args
 from megatron.training.microbatches import MicroBatchCalculator
-from megatron.training.training import schedule_spans, train_num_samples
+from megatron.training.budget import schedule_spans, train_num_samples
 
 EXAMPLES = "examples/data_efficiency"
 PAPER = {  # model -> (launcher, training script, {percent: (lr, CL steps, LTD steps)})

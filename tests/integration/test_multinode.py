@@ -219,8 +219,9 @@ def test_launchers_build_valid_command_lines(repo_root, tokenizer_dir, launcher,
         run.model.seq_length,
         run.training.global_batch_size,
     ) == sizes
-    assert (t.tensor_model_parallel_size, t.pipeline_model_parallel_size) == (2, 2)
-    assert t.virtual_pipeline_model_parallel_size == t.num_layers // 2 // 3
+    layout = run.layout
+    assert (layout.tensor_model_parallel_size, layout.pipeline_model_parallel_size) == (2, 2)
+    assert layout.virtual_pipeline_model_parallel_size == t.num_layers // 2 // 3
     assert run.optimizer.fp16 and run.optimizer.use_distributed_optimizer
 
 

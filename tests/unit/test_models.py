@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from megatron.core.models import BertModel, GPTModel
 from megatron.core.models.common import global_named_parameters, pad_vocab_size
+from megatron.core.parallel_state import RankLayout
 from megatron.core.transformer import TransformerConfig
 
 V, S, B = 64, 12, 3
@@ -209,4 +210,4 @@ def test_config_validation_messages():
     with pytest.raises(ValueError, match="--recompute-method"):
         TransformerConfig(recompute_granularity="full")
     with pytest.raises(ValueError, match="divisible by --pipeline-model-parallel-size"):
-        TransformerConfig(num_layers=3, pipeline_model_parallel_size=2)
+        TransformerConfig(num_layers=3).check_layout(RankLayout(2, 1, 2))

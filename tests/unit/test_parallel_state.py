@@ -170,12 +170,11 @@ def test_stage_queries_with_virtual_stages():
     assert first.is_in_embedding_group() and last.is_in_embedding_group()
     assert not middle.is_in_embedding_group()
     for vp, first_ok, last_ok in [(0, True, False), (1, False, True)]:
-        first.virtual_pipeline_rank = last.virtual_pipeline_rank = vp
-        assert first.is_pipeline_first_stage() is first_ok
-        assert last.is_pipeline_last_stage() is last_ok
-        assert first.is_pipeline_first_stage(ignore_virtual=True)
-        assert last.is_pipeline_last_stage(ignore_virtual=True)
-        assert not middle.is_pipeline_first_stage(ignore_virtual=True)
+        assert first.is_pipeline_first_stage(vp) is first_ok
+        assert last.is_pipeline_last_stage(vp) is last_ok
+        assert first.is_pipeline_first_stage()  # the rank, whichever chunk
+        assert last.is_pipeline_last_stage()
+        assert not middle.is_pipeline_first_stage()
     assert (first.tp_size, first.pp_size, first.dp_size, first.vpp_size) == (2, 4, 2, 2)
 
 

@@ -9,12 +9,7 @@ import torch.nn.functional as F
 
 from ..parallel_state import ParallelState
 from ..tensor_parallel import vocab_parallel_cross_entropy
-from ..tensor_parallel.layers import (
-    ColumnParallelLinear,
-    mark_tensor_parallel,
-    parallel_lm_logits,
-    set_init,
-)
+from ..tensor_parallel.layers import mark_tensor_parallel, parallel_lm_logits, set_init
 from ..tensor_parallel.mappings import (
     gather_from_sequence_parallel_region,
     gather_from_tensor_parallel_region,
@@ -24,7 +19,6 @@ from ..transformer.block import TransformerBlock
 from ..transformer.config import TransformerConfig
 from ..transformer.norm import build_norm
 from .common import LanguageModelChunk, LanguageModelEmbedding
-from .gpt import WORD_EMBEDDINGS
 
 
 def _linear(in_f: int, out_f: int, config: TransformerConfig) -> torch.nn.Linear:
@@ -79,38 +73,24 @@ class BertModel(LanguageModelChunk):
     ):
         super().__init__()
         pstate = pstate or ParallelState.single()
-        self.config, self.pstate, self.vocab_size = config, pstate, vocab_size
-        self.pre_process, self.post_process = pre_process, post_process
+        offset, num_layers = self._place(config, pstate, pre_process, post_process, vp_rank)
+        self.vocab_size = vocab_size
         self.add_binary_head = add_binary_head
         tp_group = pstate.tp_group
         if pre_process:
             self.embedding = LanguageModelEmbedding(
                 config, vocab_size, max_sequence_length, num_tokentypes, tp_group, rng_tracker
             )
-        offset = config.layer_offset(pstate.pp_rank, vp_rank)
         self.decoder = TransformerBlock(
-            config, offset, config.num_layers_per_chunk, False, post_process, tp_group, rng_tracker
+            config, offset, num_layers, False, post_process, tp_group, rng_tracker
         )
         if post_process:
             self.lm_head = BertLMHead(config, vocab_size, tp_group)
-            self.output_layer = None
-            if not pre_process:
-                # Last stage's copy of the tied word embeddings (same init, grads synchronised).
-                self.output_layer = ColumnParallelLinear(
-                    config.hidden_size,
-                    vocab_size,
-                    tp_group=tp_group,
-                    bias=False,
-                    init_std=config.init_method_std,
-                    params_dtype=config.params_dtype,
-                )
-                w = self.output_layer.weight
-                w.init_key, w.shared_embedding = WORD_EMBEDDINGS, True
-            if add_binary_head:
-                self.pooler = _linear(config.hidden_size, config.hidden_size, config)
-                self.binary_head = _linear(config.hidden_size, 2, config)
-        if pre_process and not post_process:
-            self.embedding.word_embeddings.weight.shared_embedding = True
+        # The MLM head always uses the word embeddings; the heads see the gathered sequence.
+        self._build_output_layer(vocab_size, tied=True, sequence_parallel=False)
+        if post_process and add_binary_head:
+            self.pooler = _linear(config.hidden_size, config.hidden_size, config)
+            self.binary_head = _linear(config.hidden_size, 2, config)
         self._input_tensor: Optional[torch.Tensor] = None
 
     def forward(

@@ -9,10 +9,13 @@ from typing import Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..parallel_state import ParallelState
 from ..tensor_parallel.init import initialize_parameters
-from ..tensor_parallel.layers import VocabParallelEmbedding, set_init
+from ..tensor_parallel.layers import ColumnParallelLinear, VocabParallelEmbedding, set_init
 from ..tensor_parallel.mappings import scatter_to_sequence_parallel_region
 from ..transformer.config import TransformerConfig
+
+WORD_EMBEDDINGS = "embedding.word_embeddings.weight"
 
 
 def pad_vocab_size(vocab_size: int, divisible_by: int, tp_size: int) -> int:
@@ -115,11 +118,61 @@ def global_named_parameters(model: torch.nn.Module) -> Iterator[Tuple[str, torch
 
 
 class LanguageModelChunk(torch.nn.Module):
-    """What GPT and BERT chunks share: pipeline input, initialisation, the output weight.
+    """What GPT and BERT chunks share: their place in the layout, pipeline input, initialisation,
+    the (tied) output weight.
 
-    Subclasses set `pstate`, `embedding` (first stage) and `output_layer` (a separate output
-    projection, or None when the last stage reuses the word embeddings).
+    Subclasses call `_place` first, set `embedding` (first stage), then call
+    `_build_output_layer` (a separate output projection, or None when the last stage reuses the
+    word embeddings).
     """
+
+    def _place(
+        self,
+        config: TransformerConfig,
+        pstate: ParallelState,
+        pre_process: bool,
+        post_process: bool,
+        vp_rank: Optional[int],
+    ) -> Tuple[int, int]:
+        """Check that `config` fits the layout of `pstate` and that `vp_rank` is one of its model
+        chunks; keep them; return (global index of this chunk's first layer, its layers)."""
+        config.check_layout(pstate.layout)
+        chunks = pstate.vpp_size or 1
+        if not (vp_rank in range(chunks) or (vp_rank is None and chunks == 1)):
+            raise ValueError(
+                f"vp_rank {vp_rank} is not a model chunk of this rank: the layout has {chunks} "
+                f"per pipeline rank; pass vp_rank 0 .. {chunks - 1}"
+            )
+        self.config, self.pstate = config, pstate
+        self.pre_process, self.post_process, self.vp_rank = pre_process, post_process, vp_rank
+        offset = config.layer_offset(pstate.layout, pstate.pp_rank, vp_rank)
+        return offset, config.num_layers_per_chunk(pstate.layout)
+
+    def _build_output_layer(self, vocab_size: int, tied: bool, sequence_parallel: bool) -> None:
+        """The projection to vocabulary logits of the last stage.
+
+        Untied: its own weight. Tied on a single stage: None (`output_weight` returns the word
+        embeddings). Tied across stages: the last stage's copy of the word embeddings, with their
+        init key, marked `shared_embedding` like the first stage's embeddings so their gradients
+        are summed over the embedding group.
+        """
+        self.output_layer = None
+        config = self.config
+        if self.post_process and not (tied and self.pre_process):
+            self.output_layer = ColumnParallelLinear(
+                config.hidden_size,
+                vocab_size,
+                tp_group=self.pstate.tp_group,
+                bias=False,
+                init_std=config.init_method_std,
+                sequence_parallel=sequence_parallel,
+                params_dtype=config.params_dtype,
+            )
+            if tied:
+                w = self.output_layer.weight
+                w.init_key, w.shared_embedding = WORD_EMBEDDINGS, True
+        if tied and self.pre_process and not self.post_process:
+            self.embedding.word_embeddings.weight.shared_embedding = True
 
     def set_input_tensor(self, input_tensor) -> None:
         """Activations [s, b, h] from the previous pipeline stage for the next forward.

@@ -8,14 +8,12 @@ import torch
 
 from ..parallel_state import ParallelState
 from ..tensor_parallel import vocab_parallel_cross_entropy
-from ..tensor_parallel.layers import ColumnParallelLinear, parallel_lm_logits
+from ..tensor_parallel.layers import parallel_lm_logits
 from ..tensor_parallel.mappings import gather_from_tensor_parallel_region
 from ..transformer.block import TransformerBlock
 from ..transformer.config import TransformerConfig
 from ..transformer.rotary import RotaryEmbedding
 from .common import LanguageModelChunk, LanguageModelEmbedding
-
-WORD_EMBEDDINGS = "embedding.word_embeddings.weight"
 
 
 class GPTModel(LanguageModelChunk):
@@ -31,7 +29,12 @@ class GPTModel(LanguageModelChunk):
         post_process: this chunk holds the output layer (last stage).
         share_embeddings_and_output_weights: tied input/output embeddings (GPT-3 default;
             --untie-embeddings-and-output-weights turns it off).
-        vp_rank: virtual pipeline rank of this chunk (interleaved schedule).
+        vp_rank: which of this rank's model chunks this is (interleaved schedule; None without
+            virtual pipeline stages).
+
+    Raises:
+        ValueError: when the configuration does not fit the layout of `pstate` (heads or MLP
+            columns over TP, layers over the model chunks) or vp_rank is not one of its chunks.
     """
 
     def __init__(
@@ -48,8 +51,8 @@ class GPTModel(LanguageModelChunk):
     ):
         super().__init__()
         pstate = pstate or ParallelState.single()
-        self.config, self.pstate, self.vocab_size = config, pstate, vocab_size
-        self.pre_process, self.post_process = pre_process, post_process
+        offset, num_layers = self._place(config, pstate, pre_process, post_process, vp_rank)
+        self.vocab_size = vocab_size
         self.share_embeddings_and_output_weights = share_embeddings_and_output_weights
         tp_group = pstate.tp_group
         rope = config.position_embedding_type == "rope"
@@ -62,28 +65,12 @@ class GPTModel(LanguageModelChunk):
             if rope
             else None
         )
-        offset = config.layer_offset(pstate.pp_rank, vp_rank)
         self.decoder = TransformerBlock(
-            config, offset, config.num_layers_per_chunk, True, post_process, tp_group, rng_tracker
+            config, offset, num_layers, True, post_process, tp_group, rng_tracker
         )
-        self.output_layer = None
-        if post_process and not (share_embeddings_and_output_weights and pre_process):
-            self.output_layer = ColumnParallelLinear(
-                config.hidden_size,
-                vocab_size,
-                tp_group=tp_group,
-                bias=False,
-                init_std=config.init_method_std,
-                sequence_parallel=config.sequence_parallel,
-                params_dtype=config.params_dtype,
-            )
-            if share_embeddings_and_output_weights:
-                # Last stage's copy of the word embeddings: same init, grads summed with the
-                # first stage's over the embedding group.
-                w = self.output_layer.weight
-                w.init_key, w.shared_embedding = WORD_EMBEDDINGS, True
-        if share_embeddings_and_output_weights and pre_process and not post_process:
-            self.embedding.word_embeddings.weight.shared_embedding = True
+        self._build_output_layer(
+            vocab_size, share_embeddings_and_output_weights, config.sequence_parallel
+        )
         self._input_tensor: Optional[torch.Tensor] = None
 
     def forward(

@@ -2,7 +2,8 @@
 
 Field names follow the Megatron command-line flags (`--num-layers` -> `num_layers`) so the
 training application can build its parser from this class; each field's docstring is its
-`--help` text.
+`--help` text. The parallel layout is not part of it: it belongs to the process groups
+(`ParallelState.layout`), and `check_layout` tells whether the stack can be split that way.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from typing import Optional
 
 import torch
 
+from megatron.core.parallel_state import RankLayout
+
 
 @dataclasses.dataclass
 class TransformerConfig:
-    """Architecture, numerics and parallel layout of a transformer stack."""
+    """Architecture and numerics of a transformer stack."""
 
     num_layers: int = 2
     """Number of transformer layers."""
@@ -66,17 +69,8 @@ class TransformerConfig:
     params_dtype: torch.dtype = torch.float32
     """Dtype of the model's parameters and activations (bf16/fp16 with --bf16/--fp16)."""
 
-    tensor_model_parallel_size: int = 1
-    """Ranks that shard each layer."""
-
-    pipeline_model_parallel_size: int = 1
-    """Pipeline stages."""
-
-    virtual_pipeline_model_parallel_size: Optional[int] = None
-    """Model chunks per pipeline rank (interleaved schedule)."""
-
     sequence_parallel: bool = False
-    """Shard norm/dropout regions along the sequence across the TP group."""
+    """Shard norm/dropout regions along the sequence across the TP group (a no-op at TP 1)."""
 
     recompute_granularity: Optional[str] = None
     """None, "full" (recompute whole layers) or "selective" (only the attention core)."""
@@ -113,7 +107,12 @@ class TransformerConfig:
             raise ValueError(f"unknown position embedding type {self.position_embedding_type!r}")
         if not 0.0 < self.rotary_percent <= 1.0:
             raise ValueError(f"rotary_percent must be in (0, 1], got {self.rotary_percent}")
-        tp = self.tensor_model_parallel_size
+        self._validate_recompute()
+
+    def check_layout(self, layout: RankLayout) -> None:
+        """Raise ValueError (naming the flags) unless the stack can be split over `layout`:
+        heads and MLP columns over the TP ranks, layers over the model chunks (PP x virtual)."""
+        tp = layout.tensor_model_parallel_size
         if self.num_attention_heads % tp:
             raise ValueError(
                 f"--num-attention-heads {self.num_attention_heads} is not divisible by "
@@ -124,15 +123,9 @@ class TransformerConfig:
                 f"--ffn-hidden-size {self.ffn_hidden_size} is not divisible by "
                 f"--tensor-model-parallel-size {tp}"
             )
-        if self.sequence_parallel and tp == 1:
-            self.sequence_parallel = False  # nothing to shard; Megatron does the same
-        self._validate_pipeline()
-        self._validate_recompute()
-
-    def _validate_pipeline(self) -> None:
-        pp, vpp = self.pipeline_model_parallel_size, self.virtual_pipeline_model_parallel_size
-        chunks = pp * (vpp or 1)
-        if self.num_layers % chunks:
+        pp = layout.pipeline_model_parallel_size
+        vpp = layout.virtual_pipeline_model_parallel_size
+        if self.num_layers % (pp * (vpp or 1)):
             raise ValueError(
                 f"--num-layers {self.num_layers} must be divisible by --pipeline-model-parallel-size "
                 f"{pp}" + (f" x virtual stages {vpp}" if vpp else "")
@@ -153,20 +146,18 @@ class TransformerConfig:
         elif self.recompute_method is not None and g is None:
             raise ValueError("--recompute-method needs --recompute-granularity full")
 
-    @property
-    def num_layers_per_chunk(self) -> int:
-        """Layers in one model chunk (one pipeline stage, or one virtual stage)."""
-        return self.num_layers // (
-            self.pipeline_model_parallel_size * (self.virtual_pipeline_model_parallel_size or 1)
-        )
+    def num_layers_per_chunk(self, layout: RankLayout) -> int:
+        """Layers in one model chunk (one pipeline stage, or one virtual stage) of `layout`."""
+        vpp = layout.virtual_pipeline_model_parallel_size or 1
+        return self.num_layers // (layout.pipeline_model_parallel_size * vpp)
 
-    def layer_offset(self, pp_rank: int, vp_rank: Optional[int] = None) -> int:
-        """Global index of the first layer of a chunk (Megatron's interleaved assignment)."""
-        per = self.num_layers_per_chunk
-        if self.virtual_pipeline_model_parallel_size:
-            return (vp_rank or 0) * (
-                self.num_layers // self.virtual_pipeline_model_parallel_size
-            ) + pp_rank * per
+    def layer_offset(self, layout: RankLayout, pp_rank: int, vp_rank: Optional[int] = None) -> int:
+        """Global index of the first layer of chunk `vp_rank` of pipeline rank `pp_rank`
+        (Megatron's interleaved assignment: chunk v of every rank before chunk v + 1)."""
+        per = self.num_layers_per_chunk(layout)
+        vpp = layout.virtual_pipeline_model_parallel_size
+        if vpp:
+            return (vp_rank or 0) * (self.num_layers // vpp) + pp_rank * per
         return pp_rank * per
 
     @property
