@@ -8,7 +8,7 @@ built from the same vocab/merges, all documents in one batch, its own thread poo
 JSON line per measurement: name, config, value, unit, reference_value, ratio (value / reference),
 medians over --repeats runs interleaved to share the machine's noise.
 
-    python benchmarks/bench_preprocess.py --tokenizer-dir ../shared/data/tokenizers
+    python benchmarks/bench_preprocess.py   # --tokenizer-dir DIR: default data/tokenizers
 """
 
 import argparse
@@ -56,9 +56,7 @@ def time_ours(jsonl: str, out_dir: str, factory, workers: int) -> tuple:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--tokenizer-dir", default=str(REPO_ROOT.parent / "shared" / "data" / "tokenizers")
-    )
+    p.add_argument("--tokenizer-dir", default=str(REPO_ROOT / "data" / "tokenizers"))
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     args = p.parse_args(argv)

@@ -1,13 +1,16 @@
-"""Shared fixtures: paths to the embedded corpus and the shared reference files, GPU skipping."""
+"""Shared fixtures: paths to the embedded corpus and the reference tokenizer files, GPU skipping.
 
-import os
+Everything the tests read ships in the repository (data/corpora, data/tokenizers): a fresh clone
+runs the whole suite with nothing beside it.
+"""
+
 import pathlib
 
 import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DIR = REPO_ROOT.parent / "shared"
-TOKENIZER_DIR = SHARED_DIR / "data" / "tokenizers"
+TOKENIZER_DIR = REPO_ROOT / "data" / "tokenizers"
+TOKENIZER_FILES = ("gpt2-vocab.json", "gpt2-merges.txt", "bert-base-uncased-vocab.txt")
 AUSTEN_DIR = REPO_ROOT / "data" / "corpora" / "austen"
 
 
@@ -33,7 +36,13 @@ def repo_root() -> pathlib.Path:
 
 @pytest.fixture(scope="session")
 def tokenizer_dir() -> pathlib.Path:
-    """The reference GPT-2 and BERT tokenizer files in ../shared (skips when absent)."""
-    if not TOKENIZER_DIR.is_dir():
-        pytest.skip(f"reference tokenizer files not found at {TOKENIZER_DIR}")
+    """The reference GPT-2 and bert-base-uncased tokenizer files shipped in data/tokenizers.
+
+    They are part of the repository, so a missing one is a broken checkout: fail, never skip.
+    """
+    missing = [name for name in TOKENIZER_FILES if not (TOKENIZER_DIR / name).is_file()]
+    if missing:
+        pytest.fail(
+            f"reference tokenizer files missing from {TOKENIZER_DIR}: {missing}", pytrace=False
+        )
     return TOKENIZER_DIR

@@ -255,31 +255,72 @@ def _read_everything(ds):
     return total
 
 
-def test_fuzz_flipped_index_bytes(tmp_path, good):
-    """Random byte flips in the .idx either load a consistent dataset or raise IndexedDatasetError.
+def _is_valid_index(data: bytes, bin_size: int) -> bool:
+    """The MMIDIDX rules, checked from the format description independently of the reader:
+    magic, version 1, a known dtype code, counts that match the file size, non-negative sizes,
+    contiguous pointers from 0 covering the .bin exactly, document indices 0 .. N never
+    decreasing."""
+    if len(data) < 34 or data[:9] != b"MMIDIDX\x00\x00" or data[9:17] != struct.pack("<Q", 1):
+        return False
+    if data[17] not in {int(c) for c in DType}:
+        return False
+    itemsize = DType(data[17]).numpy().itemsize
+    n, d = struct.unpack_from("<QQ", data, 18)
+    if len(data) != 34 + 12 * n + 8 * d or d == 0:
+        return False
+    sizes = struct.unpack_from(f"<{n}i", data, 34)
+    pointers = struct.unpack_from(f"<{n}q", data, 34 + 4 * n)
+    docs = struct.unpack_from(f"<{d}q", data, 34 + 12 * n)
+    end = 0
+    for size, pointer in zip(sizes, pointers):
+        if size < 0 or pointer != end:
+            return False
+        end += size * itemsize
+    ordered = all(a <= b for a, b in zip(docs, docs[1:]))
+    return end == bin_size and docs[0] == 0 and docs[-1] == n and ordered
 
-    Any other exception fails the test; a crash (segfault) would kill pytest.
+
+def test_fuzz_flipped_index_bytes(tmp_path, good):
+    """A corrupted .idx loads if and only if it is still a valid index of the .bin: every
+    corruption the format can detect raises IndexedDatasetError, and what loads is consistent.
+
+    A flip is undetectable only where the format leaves a choice: an interior document boundary
+    that still never decreases, or a dtype code of the same width (int32 4 -> float32 7, two
+    bits). Every one of the 1,104 single-bit flips and 400 random flips of 1-3 bytes is checked
+    against an independent reading of the format (`_is_valid_index`); of the single-bit flips
+    exactly three must load (the boundary 2 -> 3 or 0, the boundary 3 -> 2). Any other exception
+    fails the test; a crash (segfault) would kill pytest.
     """
     prefix, idx, binary = good
     rng = np.random.default_rng(1234)
     shutil.copy(prefix + ".bin", str(tmp_path / "fz.bin"))
-    loaded = 0
-    for trial in range(400):
+    single_bits = [[(pos, 1 << bit)] for pos in range(len(idx)) for bit in range(8)]
+    random_flips = [
+        [(int(pos), int(rng.integers(1, 256))) for pos in rng.integers(0, len(idx), size=n)]
+        for n in rng.integers(1, 4, size=400)
+    ]
+    loaded = []
+    for trial, flips in enumerate(single_bits + random_flips):
         data = bytearray(idx)
-        for pos in rng.integers(0, len(data), size=int(rng.integers(1, 4))):
-            data[pos] ^= int(rng.integers(1, 256))
+        for pos, mask in flips:
+            data[pos] ^= mask
         with open(tmp_path / "fz.idx", "wb") as f:
             f.write(bytes(data))
+        valid = _is_valid_index(bytes(data), len(binary))
         try:
             ds = IndexedDataset(str(tmp_path / "fz"))
         except IndexedDatasetError:
+            assert not valid, f"trial {trial}: {flips} keep the index valid, yet it was refused"
             continue
-        loaded += 1
+        assert valid, f"trial {trial}: flips {flips} corrupt the index, but it loaded"
+        loaded.append(trial)
         # what loaded must be self-consistent: every sequence readable, data fully covered
         total = _read_everything(ds)
         assert total * ds.dtype.itemsize == len(binary), f"trial {trial}"
         assert ds.document_indices[0] == 0 and ds.document_indices[-1] == len(ds)
-    assert loaded < 400  # most flips must be caught
+    boundary_1, boundary_2 = DOCS_AT + 8, DOCS_AT + 16  # document indices [0, 2, 3, 6]
+    assert [single_bits[t][0] for t in loaded if t < len(single_bits)] == [
+        (boundary_1, 1), (boundary_1, 2), (boundary_2, 1)]  # fmt: skip
 
 
 def test_fuzz_truncated_bin_and_random_garbage(tmp_path, good):

@@ -62,6 +62,28 @@ def austen(repo_root):
     return [doc["text"] for doc in iter_documents(repo_root / "data" / "corpora" / "austen")]
 
 
+# sha256 of data/tokenizers (see its README): GPT-2's are those of OpenAI's encoder.json and
+# vocab.bpe; BERT's is that of the 30,522-line bert-base-uncased vocab.txt the files came with.
+REFERENCE_SHA256 = {
+    "gpt2-vocab.json": "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783",
+    "gpt2-merges.txt": "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5",
+    "bert-base-uncased-vocab.txt": (
+        "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3"
+    ),
+}
+
+
+def test_shipped_tokenizer_files_are_the_published_ones(tokenizer_dir):
+    """The shipped files are byte for byte the recorded ones (no end-of-line conversion, no
+    truncation), and the README's table of checksums says the same."""
+    import hashlib
+
+    readme = (tokenizer_dir / "README.md").read_text(encoding="utf-8")
+    for name, sha in REFERENCE_SHA256.items():
+        assert hashlib.sha256((tokenizer_dir / name).read_bytes()).hexdigest() == sha, name
+        assert f"| `{name}` |" in readme and f"`{sha}`" in readme, name
+
+
 # ----------------------------------------------------------------------------------------------
 # GPT-2
 
