@@ -24,7 +24,8 @@ import time
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from megatron.core.datasets.preprocess import PreprocessConfig, preprocess_files  # noqa: E402
+from megatron.core.datasets.preprocess import preprocess_files
+from megatron.core.datasets.preprocess_config import PreprocessConfig
 from megatron.tokenizer import TokenizerConfig, build_tokenizer  # noqa: E402
 from tools.austen_to_jsonl import write_jsonl  # noqa: E402
 

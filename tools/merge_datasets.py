@@ -21,7 +21,7 @@ from megatron.core.datasets.indexed_dataset import (  # noqa: E402
     IndexedDataset,
     IndexedDatasetError,
 )
-from megatron.core.datasets.preprocess import list_dataset_prefixes, merge_datasets  # noqa: E402
+from megatron.core.datasets.merge import list_dataset_prefixes, merge_datasets
 
 
 def get_args(argv=None) -> argparse.Namespace:

@@ -160,7 +160,8 @@ def test_pipeline_parallel_with_changing_sequence_length(tmp_path, gpt_data):
 
 @pytest.fixture(scope="module")
 def bert_data(tmp_path_factory, tokenizer_dir):
-    from megatron.core.datasets.preprocess import PreprocessConfig, preprocess_files
+    from megatron.core.datasets.preprocess import preprocess_files
+    from megatron.core.datasets.preprocess_config import PreprocessConfig
     from megatron.tokenizer import TokenizerConfig, build_tokenizer, split_sentences
     from tools.austen_to_jsonl import write_jsonl
     import functools

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from megatron.core.datasets.indexed_dataset import DType, IndexedDataset, IndexedDatasetBuilder
-from megatron.core.datasets.preprocess import merge_datasets
+from megatron.core.datasets.merge import merge_datasets
 from tests.oracle.mcore_env import (
     OracleUnavailable,
     build_seconds,

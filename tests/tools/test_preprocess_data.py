@@ -11,11 +11,8 @@ import numpy as np
 import pytest
 
 from megatron.core.datasets.indexed_dataset import IndexedDataset
-from megatron.core.datasets.preprocess import (
-    PreprocessConfig,
-    preprocess_files,
-    preprocess_partitioned,
-)
+from megatron.core.datasets.preprocess import preprocess_files, preprocess_partitioned
+from megatron.core.datasets.preprocess_config import PreprocessConfig
 from megatron.core.datasets.token_counts import load_token_counts, save_token_counts
 from megatron.tokenizer import TokenizerConfig, build_tokenizer
 from megatron.tokenizer.sentence_split import split_sentences
