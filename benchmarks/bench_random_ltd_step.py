@@ -11,8 +11,9 @@ formula of megatron/training/metrics.py (`flops_per_token`): the wrapped layers 
 
     theoretical = 1 - (S * (F_S - n * l_S) + n * K * l_K) / (S * F_S)
 
-with F_s the model FLOPs per token at sequence length s and l_s one layer's share of it. The seed
-system reached 25.6% wall-clock of 33.3% theoretical on GPUs (ratio 0.77).
+with F_s the model FLOPs per token at sequence length s and l_s one layer's share of it. DeepSpeed's
+random-LTD reached 25.6% wall-clock of 33.3% theoretical on GPUs (ratio 0.77, as its paper
+reports).
 
 The step is also split into forward, backward and optimizer time: the FLOP formula counts only
 the forward and backward, and the optimizer step (the same with and without random-LTD) weighs

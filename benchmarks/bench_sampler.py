@@ -1,4 +1,4 @@
-"""Curriculum sampler cost at the paper's scale: one JSON line per measurement.
+"""Curriculum sampler cost at the DeepSpeed Data Efficiency paper's scale (Pile, 10M+ samples): one JSON line per measurement.
 
 The GPT-3 data-efficiency run: a vocabulary-rarity metric with percentile difficulty 1 -> 100
 (fixed_root, degree 2) plus seqlen_truncate (single_cluster), global batch 512, over N samples

@@ -71,7 +71,7 @@ CL_VOC_MIN=5; CL_VOC_MAX=100; CL_VOC_ROOT=2      # vocab rarity, percentile, fix
 CL_SEQLEN_MIN=128; CL_SEQLEN_STEP=8              # seqlen_truncate 128 -> 512, linear
 LTD_MIN=128; LTD_SEQ_PER_STEP=16                 # K from 128 to 512 by 16, layers 1..22
 DROPOUT=0.1
-[ "$USE_LTD" = 1 ] && DROPOUT=0.0                # the seed's BERT random-LTD runs use no dropout
+[ "$USE_LTD" = 1 ] && DROPOUT=0.0                # Megatron-DeepSpeed's BERT random-LTD runs use no dropout
 
 # ---- data and outputs --------------------------------------------------------------------------
 DATA_PATH=${DATA_PATH:-}           # prefix of a sentence-split .bin/.idx

@@ -14,7 +14,7 @@ from tools.data_efficiency_config import main as tool_main
 
 VOC = "analysis/vocab_rarity/vocab_rarity"
 
-# The GPT-3 1.3B CL + random-LTD config of the paper, written by hand in the seed's layout.
+# The GPT-3 1.3B CL + random-LTD config of the DeepSpeed Data Efficiency paper, written by hand in Megatron-DeepSpeed's layout.
 PAPER_GPT_CL_LTD = {
     "train_batch_size": 512,
     "train_micro_batch_size_per_gpu": 4,

@@ -87,7 +87,7 @@ GPT_TEMPLATE = """{
   }
 }"""
 
-# GPT-3 1.3B, "CL vocab rarity + seqlen truncation" with random-LTD (the paper's composed run).
+# GPT-3 1.3B, "CL vocab rarity + seqlen truncation" with random-LTD (the composed run of the DeepSpeed Data Efficiency paper).
 GPT_VALUES = {
     "GBSIZE": "512",
     "MBSIZE": "4",

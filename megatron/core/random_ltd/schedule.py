@@ -67,7 +67,7 @@ def keep_for_step(
     """K at a step for the fixed_linear random-LTD schedule, capped by the current length.
 
     K grows linearly from min_value to max_value over require_steps steps, rounded down to a
-    multiple of seq_per_step (the seed's formula), and never exceeds the sequence length (a
+    multiple of seq_per_step (DeepSpeed's formula), and never exceeds the sequence length (a
     curriculum may have truncated it).
     """
     if require_steps <= 0:
