@@ -166,7 +166,9 @@ def test_blending_first_due_wins_and_errors():
 
 
 @pytest.fixture
-def without_cpp():
+def without_cpp(monkeypatch):
+    """The helpers as if never built, and backend=None meaning "auto" whatever the environment."""
+    monkeypatch.delenv(kernels.BACKEND_ENV, raising=False)
     with extension_hidden(kernels.DATASET_HELPERS):
         yield
 

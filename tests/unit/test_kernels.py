@@ -29,6 +29,13 @@ FAKE = kernels.Extension(
 )
 
 
+@pytest.fixture(autouse=True)
+def default_backend(monkeypatch):
+    """These tests pass backend=None for "auto": an exported MEGATRON_KERNEL_BACKEND must not
+    change what they test (the variable's own test sets it)."""
+    monkeypatch.delenv(kernels.BACKEND_ENV, raising=False)
+
+
 @pytest.fixture
 def fake_modules(monkeypatch):
     """install(name, **attributes): puts a fake compiled module in sys.modules; everything is
