@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
 import numpy as np
 
-from megatron.core import kernels
-from megatron.core.datasets import helpers
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
+
+from megatron.core import kernels  # noqa: E402
+from megatron.core.datasets import helpers  # noqa: E402
 
 
 def median_seconds(fn, repeats):

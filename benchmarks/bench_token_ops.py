@@ -23,13 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
 import torch
 
-from megatron.core import kernels
-from megatron.core.random_ltd import token_ops as T
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
+
+from megatron.core import kernels  # noqa: E402
+from megatron.core.random_ltd import token_ops as T  # noqa: E402
 
 
 def median_seconds(fns, repeats, device):
