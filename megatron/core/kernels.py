@@ -221,7 +221,7 @@ def _load(ext: Extension) -> Tuple[Optional[ModuleType], Optional[str]]:
     if why is not None:
         log = logger.warning if warn else logger.debug
         log(
-            "%s %s; %s use the slower reference implementation. Build it with %s.",
+            "%s %s; %s use the slower reference implementation. (Re)build it with %s.",
             ext.module,
             why,
             ext.accelerates,
@@ -255,8 +255,8 @@ def unavailable_message(ext: ExtensionLike, reason: Optional[str] = None) -> str
     ext = _extension(ext)
     why = reason if reason is not None else unavailable_reason(ext)
     return (
-        f"backend='kernel' requested but there is no {ext.kernel}: {ext.module} {why}. Build it "
-        f"with {ext.build}, or use backend='auto' / 'reference' (or ${BACKEND_ENV})."
+        f"backend='kernel' requested but there is no {ext.kernel}: {ext.module} {why}. (Re)build "
+        f"it with {ext.build}, or use backend='auto' / 'reference' (or ${BACKEND_ENV})."
     )
 
 
