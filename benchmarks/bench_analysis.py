@@ -32,11 +32,11 @@ sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), os.pa
 
 import numpy as np  # noqa: E402
 
+from megatron.core import kernels  # noqa: E402
 from megatron.core.curriculum import analysis as A  # noqa: E402
 from megatron.core.curriculum import analysis_output as O  # noqa: E402
-from megatron.core.curriculum.scoring import make_sample_source  # noqa: E402
 from megatron.core.curriculum.metrics import CurriculumMetricsConfig  # noqa: E402
-from megatron.core.curriculum.metrics_kernels import cpp_available  # noqa: E402
+from megatron.core.curriculum.scoring import make_sample_source  # noqa: E402
 from megatron.core.datasets.bert_dataset import BertDataset, BertDatasetConfig  # noqa: E402
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig  # noqa: E402
 from megatron.core.datasets.indexed_dataset import (
@@ -144,7 +144,7 @@ def bench(kind, dataset, samples_fn, counts, args, folder):
         "samples": n,
         "sample_tokens": source.max_sample_tokens,
         "vocab": int(counts.size),
-        "cpp_kernels": cpp_available(),
+        "cpp_kernels": kernels.available(kernels.DATASET_HELPERS),
         "repeats": args.repeats,
     }
     for m in METRICS:

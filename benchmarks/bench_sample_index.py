@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
 import numpy as np
 
-from megatron.core.datasets import helpers
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
+
+from megatron.core import kernels  # noqa: E402
+from megatron.core.datasets import helpers  # noqa: E402
 
 
 def median_seconds(fn, repeats):
@@ -37,9 +42,9 @@ def bench_sample_idx(args):
     tokens = int(sizes.sum(dtype=np.int64))
     call = (sizes, doc_idx, args.seq_length, 1, tokens)
     cpp_s, cpp = median_seconds(
-        lambda: helpers.build_sample_idx(*call, backend="cpp"), args.repeats
+        lambda: helpers.build_sample_idx(*call, backend="kernel"), args.repeats
     )
-    ref_s, ref = median_seconds(lambda: helpers.build_sample_idx_py(*call), args.repeats)
+    ref_s, ref = median_seconds(lambda: helpers.build_sample_idx_reference(*call), args.repeats)
     if not np.array_equal(cpp, ref):
         raise SystemExit("C++ and reference sample indices differ")
     config = {
@@ -55,7 +60,7 @@ def bench_sample_idx(args):
         "value": cpp_s,
         "unit": "s",
         "reference_value": ref_s,
-        "reference": "numpy reference build_sample_idx_py (full size, not extrapolated)",
+        "reference": "numpy reference build_sample_idx_reference (full size, not extrapolated)",
         "ratio": ref_s / cpp_s,
     }
 
@@ -63,11 +68,11 @@ def bench_sample_idx(args):
 def bench_blending(args):
     weights = np.array([0.2, 0.3, 0.5])
     cpp_s, cpp = median_seconds(
-        lambda: helpers.build_blending_indices(weights, args.blend_size, backend="cpp"),
+        lambda: helpers.build_blending_indices(weights, args.blend_size, backend="kernel"),
         args.repeats,
     )
     ref_s, ref = median_seconds(
-        lambda: helpers.build_blending_indices_py(weights, args.blend_size), 1
+        lambda: helpers.build_blending_indices_reference(weights, args.blend_size), 1
     )
     if not all(np.array_equal(a, b) for a, b in zip(cpp, ref)):
         raise SystemExit("C++ and reference blending indices differ")
@@ -77,7 +82,7 @@ def bench_blending(args):
         "value": cpp_s,
         "unit": "s",
         "reference_value": ref_s,
-        "reference": "pure-Python loop build_blending_indices_py (one run, full size)",
+        "reference": "pure-Python loop build_blending_indices_reference (one run, full size)",
         "ratio": ref_s / cpp_s,
     }
 
@@ -89,8 +94,8 @@ def main():
     parser.add_argument("--blend-size", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
-    if not helpers.cpp_available():
-        raise SystemExit("C++ helpers not built: python setup.py build_ext --inplace")
+    if not kernels.available(kernels.DATASET_HELPERS):
+        raise SystemExit(kernels.unavailable_message(kernels.DATASET_HELPERS))
     for bench in (bench_sample_idx, bench_blending):
         print(json.dumps(bench(args)), flush=True)
 

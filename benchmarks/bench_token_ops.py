@@ -23,12 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
 import time
 
 import torch
 
-from megatron.core.random_ltd import token_ops as T
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout
+
+from megatron.core import kernels  # noqa: E402
+from megatron.core.random_ltd import token_ops as T  # noqa: E402
 
 
 def median_seconds(fns, repeats, device):
@@ -104,7 +109,7 @@ def bench_layout(args, dtype, batch_first, device):
     x = torch.randn(shape, generator=gen).to(dtype).to(device)
     idx = torch.sort(torch.stack([torch.randperm(s, generator=gen)[:k] for _ in range(b)]), 1)
     idx = idx.values.to(device)
-    y = T.token_gather(x, idx, batch_first, backend="torch")
+    y = T.token_gather(x, idx, batch_first, backend="reference")
     e = x.element_size()
     flat = x.reshape(-1)
     kernels = T._kernels_for(device, "kernel")
@@ -131,7 +136,7 @@ def bench_layout(args, dtype, batch_first, device):
         config,
         2 * k * b * h * e,
         gather("kernel"),
-        gather("torch"),
+        gather("reference"),
         flat,
         args,
         device,
@@ -142,7 +147,7 @@ def bench_layout(args, dtype, batch_first, device):
         config,
         2 * s * b * h * e,
         scatter("kernel"),
-        scatter("torch"),
+        scatter("reference"),
         flat,
         args,
         device,
@@ -153,7 +158,7 @@ def bench_layout(args, dtype, batch_first, device):
         config,
         (k + s) * b * h * e,
         _backward(x, idx, batch_first, "kernel", "gather"),
-        _backward(x, idx, batch_first, "torch", "gather"),
+        _backward(x, idx, batch_first, "reference", "gather"),
         flat,
         args,
         device,
@@ -163,7 +168,7 @@ def bench_layout(args, dtype, batch_first, device):
         config,
         (2 * s + k) * b * h * e,
         _backward(x, idx, batch_first, "kernel", "scatter", y),
-        _backward(x, idx, batch_first, "torch", "scatter", y),
+        _backward(x, idx, batch_first, "reference", "scatter", y),
         flat,
         args,
         device,
@@ -206,7 +211,7 @@ def bench_mask_and_sort(args, device):
         dict(config, dtype="bool"),
         2 * b * k * k,
         mask_fn("kernel"),
-        mask_fn("torch"),
+        mask_fn("reference"),
         copy_src,
         args,
         device,
@@ -221,7 +226,7 @@ def bench_mask_and_sort(args, device):
             dict(config, k=length, dtype="int64"),
             2 * b * length * 8,
             sort_fn("kernel"),
-            sort_fn("torch"),
+            sort_fn("reference"),
             unsorted.reshape(-1),
             args,
             device,
@@ -240,8 +245,11 @@ def main():
     parser.add_argument("--threads", default="", help="comma list of torch thread counts")
     args = parser.parse_args()
     device = torch.device(args.device)
-    if T.active_backend(device) == "torch":
-        raise SystemExit(f"no random-LTD kernel for {device}: build csrc/random_ltd first")
+    if not T.kernels_available(device):
+        ext = T.extension_for(device)
+        if ext is None:
+            raise SystemExit(f"no random-LTD kernel exists for {device} tensors")
+        raise SystemExit(kernels.unavailable_message(ext))
     for threads in [int(t) for t in args.threads.split(",") if t] or [torch.get_num_threads()]:
         torch.set_num_threads(threads)
         for dtype_name in args.dtypes.split(","):

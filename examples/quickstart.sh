@@ -19,7 +19,9 @@ PYTHON=${PYTHON:-python}
 
 # 1. Install (CPU torch first, so pip never pulls a multi-GB CUDA build), then this package.
 "$PYTHON" -c "import torch" 2>/dev/null || "$PYTHON" -m pip install --quiet torch==2.13.0
-"$PYTHON" -c "import megatron.core.datasets.helpers_cpp" 2>/dev/null || "$PYTHON" -m pip install --quiet -e .
+# (Re)installed when the C++ helpers are missing or a stale build; megatron/core/kernels.py decides.
+CHECK="from megatron.core import kernels as k; raise SystemExit(not k.available(k.DATASET_HELPERS))"
+"$PYTHON" -c "$CHECK" 2>/dev/null || "$PYTHON" -m pip install --quiet -e .
 
 mkdir -p "$WORK"
 # 2. The embedded corpus as JSONL, one document per chapter.

@@ -1,8 +1,9 @@
 // BERT sample mapping builder: groups consecutive sentences of one document into samples.
 //
 // The algorithm, its random number generator and the exact meaning of every argument are
-// documented in megatron/core/datasets/bert_helpers_ref.py, the pure-Python reference that this
-// file must match bit for bit (tests/unit/test_bert_dataset.py compares the two on random corpora).
+// documented in megatron/core/datasets/bert_helpers_ref.py (build_mapping_reference), the
+// pure-Python reference that this file must match bit for bit (tests/unit/test_bert_dataset.py
+// compares the two on random corpora).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 

@@ -1,6 +1,7 @@
 // Blending index builder: which dataset (and which of its samples) each sample of a weighted blend
 // comes from. The pure-Python reference is megatron/core/datasets/helpers.py
-// (build_blending_indices_py); tests/unit/test_dataset_helpers.py checks that both agree exactly.
+// (build_blending_indices_reference); tests/unit/test_dataset_helpers.py checks that both agree
+// exactly.
 #include <pybind11/numpy.h>
 
 #include <cmath>

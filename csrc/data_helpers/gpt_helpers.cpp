@@ -1,6 +1,7 @@
 // GPT sample index builder: where each fixed-length training sample starts in the shuffled
-// document order. The pure-Python reference is megatron/core/datasets/helpers.py
-// (build_sample_idx_py); tests/unit/test_dataset_helpers.py checks that both give identical arrays.
+// document order. The numpy reference is megatron/core/datasets/helpers.py
+// (build_sample_idx_reference); tests/unit/test_dataset_helpers.py checks that both give identical
+// arrays.
 #include <pybind11/numpy.h>
 
 #include <algorithm>

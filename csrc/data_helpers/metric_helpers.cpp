@@ -298,8 +298,9 @@ py::array_t<int64_t> token_bincount(const py::array& tokens, const I64Array& pie
 // ------------------------------------------------------------------------------------------------
 // BERT sample replay: the random draws of BertDataset.__getitem__ (numpy's legacy RandomState,
 // seeded per sample) that decide each sample's segments, without reading tokens. The Python
-// reference is BertSampleSource._replay_py in megatron/core/datasets/bert_sample_source.py
-// (which calls numpy itself); tests/unit/test_curriculum_analysis.py checks both agree.
+// reference is BertSampleSource._replay_reference in
+// megatron/core/datasets/bert_sample_source.py (which calls numpy itself);
+// tests/unit/test_curriculum_analysis.py checks both agree.
 
 // numpy's legacy RandomState: MT19937 seeded with one 32-bit integer, 32-bit draws tempered, and
 // doubles of 53 random bits from two draws.

@@ -6,6 +6,9 @@
 // view (addr, batch_stride, kept_stride) in int64 elements; row shape (batch, kept, seq, hidden,
 // elem_size); mask view (addr, batch, head, row, col strides in bytes); mask shape (batch, heads,
 // kept, seq, elem_size). An address of 0 means "absent, read as zeros" where the kernel allows it.
+//
+// KERNEL_API must equal api_version of TOKEN_OPS_CPU in megatron/core/kernels.py (stale-build
+// detection); bump both together whenever a signature or a semantic changes.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>

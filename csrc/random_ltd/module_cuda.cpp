@@ -3,6 +3,9 @@
 // tuple layouts are those of module_cpu.cpp, plus the device index and the cudaStream_t as an
 // integer (torch.cuda.current_stream(device).cuda_stream). Launches are asynchronous; a launch
 // error raises RuntimeError with CUDA's description.
+//
+// KERNEL_API must equal api_version of TOKEN_OPS_CUDA in megatron/core/kernels.py (stale-build
+// detection); bump both together whenever a signature or a semantic changes.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>

@@ -6,15 +6,14 @@ Skipped without a GPU (conftest) or when the optional CUDA extension is not buil
 import pytest
 import torch
 
+from megatron.core import kernels
 from megatron.core.random_ltd import token_ops as T
+from tests.kernel_parity import assert_parity, needs_kernel
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(
-        not torch.cuda.is_available() or not T.kernels_available("cuda"),
-        reason="needs a CUDA device and the token_ops_cuda extension "
-        "(pip install --no-build-isolation -e . with nvcc and a CUDA torch)",
-    ),
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    needs_kernel(kernels.TOKEN_OPS_CUDA),
 ]
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -35,14 +34,11 @@ def test_gather_scatter_match_reference(s, b, h, k, batch_first, dtype):
     shape = (b, s, h) if batch_first else (s, b, h)
     x = torch.randn(shape, device="cuda").to(dtype)
     idx = kept_indices(s, b, k)
-    y_ref = T.token_gather(x, idx, batch_first, backend="torch")
-    assert torch.equal(T.token_gather(x, idx, batch_first, backend="kernel"), y_ref)
+    y_ref = assert_parity(T.token_gather, x, idx, batch_first)
     part = torch.randn_like(y_ref)
-    ref = T.token_scatter(x, part, idx, batch_first, backend="torch")
-    assert torch.equal(T.token_scatter(x, part, idx, batch_first, backend="kernel"), ref)
+    assert_parity(T.token_scatter, x, part, idx, batch_first)
 
-    grads = {}
-    for backend in ("kernel", "torch"):
+    def input_grads(backend):
         xg, pg = x.clone().requires_grad_(), part.clone().requires_grad_()
         gathered = T.token_gather(xg, idx, batch_first, backend=backend)
         merged = T.token_scatter(xg, pg * 1, idx, batch_first, backend=backend)
@@ -50,9 +46,9 @@ def test_gather_scatter_match_reference(s, b, h, k, batch_first, dtype):
         g1 = torch.randn(gathered.shape, generator=gen, device="cuda").to(dtype)
         g2 = torch.randn(merged.shape, generator=gen, device="cuda").to(dtype)
         torch.autograd.backward([gathered, merged], [g1, g2])
-        grads[backend] = (xg.grad, pg.grad)
-    assert torch.equal(grads["kernel"][0], grads["torch"][0])
-    assert torch.equal(grads["kernel"][1], grads["torch"][1])
+        return xg.grad, pg.grad
+
+    assert_parity(input_grads)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -67,11 +63,9 @@ def test_non_contiguous_and_misaligned_views(dtype):
     }
     idx = kept_indices(s, b, k)
     for name, x in views.items():
-        ref = T.token_gather(x, idx, backend="torch")
-        assert torch.equal(T.token_gather(x, idx, backend="kernel"), ref), name
+        ref = assert_parity(T.token_gather, x, idx, where=name)
         part = torch.randn_like(ref)
-        got = T.token_scatter(x, part, idx, backend="kernel")
-        assert torch.equal(got, T.token_scatter(x, part, idx, backend="torch")), name
+        assert_parity(T.token_scatter, x, part, idx, where=name)
 
 
 def test_attention_mask_and_positions():
@@ -83,13 +77,12 @@ def test_attention_mask_and_positions():
     additive = torch.randn(batch, 2, seq, seq, device="cuda").transpose(2, 3)
     idx = kept_indices(seq, batch, kept, seed=3)
     for mask in (causal, pad, additive, additive.half()):
-        ref = T.gather_attention_mask(mask, idx, backend="torch")
-        assert torch.equal(T.gather_attention_mask(mask, idx, backend="kernel"), ref)
+        assert_parity(T.gather_attention_mask, mask, idx)
     tri = torch.ones(kept, kept, dtype=torch.bool, device="cuda").triu(1)
     assert torch.equal(T.gather_attention_mask(causal, idx)[:, 0], tri.expand(batch, -1, -1))
-    assert torch.equal(T.gather_position_ids(pos[None], idx, backend="kernel"), idx)
+    assert torch.equal(assert_parity(T.gather_position_ids, pos[None], idx), idx)
     freqs = torch.randn(seq, 1, 1, 16, device="cuda")
-    rot = T.gather_rotary_table(freqs, idx, backend="kernel")
+    rot = assert_parity(T.gather_rotary_table, freqs, idx)
     assert torch.equal(rot, freqs[idx.t(), 0])
 
 
@@ -99,7 +92,7 @@ def test_attention_mask_and_positions():
 def test_token_sort_any_length(seq, kept):
     gen = torch.Generator().manual_seed(seq)
     idx = torch.stack([torch.randperm(seq, generator=gen)[:kept] for _ in range(4)]).cuda()
-    got = T.token_sort(idx, backend="kernel")
+    got = assert_parity(T.token_sort, idx)
     assert torch.equal(got, torch.sort(idx, dim=1).values)
     dup = torch.randint(0, 5, (3, 700), device="cuda")
     assert torch.equal(T.token_sort(dup, backend="kernel"), torch.sort(dup, dim=1).values)
@@ -113,7 +106,7 @@ def test_side_stream_and_out_of_range_indices():
     with torch.cuda.stream(stream):
         got = T.token_gather(x, idx, backend="kernel")
     torch.cuda.current_stream().wait_stream(stream)
-    assert torch.equal(got, T.token_gather(x, idx, backend="torch"))
+    assert torch.equal(got, T.token_gather(x, idx, backend="reference"))
     bad = idx.clone()
     bad[1, 3] = 50  # documented: the CUDA kernel gathers zeros instead of reading out of bounds
     out = T.token_gather(x, bad, backend="kernel")

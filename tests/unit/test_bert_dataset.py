@@ -7,19 +7,13 @@ import os
 import numpy as np
 import pytest
 
-from megatron.core.datasets import bert_dataset as bert_module
-from megatron.core.datasets import bert_helpers_ref
+from megatron.core import kernels
+from megatron.core.datasets import bert_helpers_ref, helpers
 from megatron.core.datasets.bert_dataset import BertDataset, BertDatasetConfig, truncate_seq_pair
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+from tests.kernel_parity import assert_parity, extension_hidden, needs_kernel
 
-try:
-    from megatron.core.datasets import helpers_cpp
-
-    HAS_CPP = hasattr(helpers_cpp, "build_mapping")
-except ImportError:
-    helpers_cpp, HAS_CPP = None, False
-
-needs_cpp = pytest.mark.skipif(not HAS_CPP, reason="C++ helpers not built (pip install -e .)")
+needs_cpp = needs_kernel(kernels.DATASET_HELPERS)
 
 CLS, SEP, MASK, PAD = 1, 2, 3, 0
 FIRST_TOKEN = 100  # corpus ids start here, so they never collide with the special ids
@@ -114,11 +108,8 @@ def test_build_mapping_cpp_matches_python(case):
     num_docs, epochs, max_samples, max_len, short_prob, seed, min_sent, long_prob = case
     docs, sizes = _random_corpus(np.random.default_rng(seed + 100), num_docs, long_prob=long_prob)
     args = (docs, sizes, epochs, max_samples, max_len, short_prob, seed, min_sent)
-    cpp_map, cpp_stats = helpers_cpp.build_mapping(*args)
-    ref_map, ref_stats = bert_helpers_ref.build_mapping(*args)
-    assert cpp_map.dtype == np.int64 and cpp_map.shape == ref_map.shape
-    np.testing.assert_array_equal(cpp_map, ref_map)
-    assert cpp_stats == ref_stats
+    ref_map, _ = assert_parity(helpers.build_mapping, *args)  # mapping and stats
+    assert ref_map.dtype == np.int64
 
 
 @needs_cpp
@@ -126,17 +117,15 @@ def test_build_mapping_subarray_inputs_and_long_sentence_limit():
     """Non-contiguous / differently typed inputs and a custom long-sentence limit agree too."""
     docs, sizes = _random_corpus(np.random.default_rng(9), 200)
     args = (docs[::1], sizes.astype(np.int64)[::1], 2, 10**9, 40, 0.2, 11, 2, 25)
-    cpp_map, cpp_stats = helpers_cpp.build_mapping(*args)
-    ref_map, ref_stats = bert_helpers_ref.build_mapping(*args)
-    np.testing.assert_array_equal(cpp_map, ref_map)
-    assert cpp_stats == ref_stats and cpp_stats["long_sentence_docs"] > 0
+    _, ref_stats = assert_parity(helpers.build_mapping, *args)
+    assert ref_stats["long_sentence_docs"] > 0
 
 
-@pytest.mark.parametrize("impl", ["python", "cpp"])
-def test_build_mapping_rejects_bad_arguments(impl):
-    if impl == "cpp" and not HAS_CPP:
-        pytest.skip("C++ helpers not built")
-    build = helpers_cpp.build_mapping if impl == "cpp" else bert_helpers_ref.build_mapping
+@pytest.mark.parametrize("backend", ["reference", pytest.param("kernel", marks=needs_cpp)])
+def test_build_mapping_rejects_bad_arguments(backend):
+    def build(*args, **kwargs):
+        return helpers.build_mapping(*args, backend=backend, **kwargs)
+
     sizes = np.ones(10, dtype=np.int32)
     good = dict(
         num_epochs=1,
@@ -188,7 +177,9 @@ def _check_one_epoch(mapping, docs, sizes, max_len, min_sent):
 @pytest.mark.parametrize("min_sent", [1, 2])
 def test_mapping_semantics(min_sent):
     docs, sizes = _random_corpus(np.random.default_rng(20 + min_sent), 400, long_prob=0.005)
-    mapping, stats = bert_helpers_ref.build_mapping(docs, sizes, 1, 10**9, 50, 0.25, 7, min_sent)
+    mapping, stats = bert_helpers_ref.build_mapping_reference(
+        docs, sizes, 1, 10**9, 50, 0.25, 7, min_sent
+    )
     counts = np.diff(docs)
     has_long = np.array([np.any(sizes[a:b] > 512) for a, b in zip(docs[:-1], docs[1:])])
     eligible = (counts >= min_sent) & ~has_long
@@ -204,24 +195,24 @@ def test_mapping_semantics(min_sent):
 
 def test_mapping_short_seq_prob_extremes():
     docs, sizes = _random_corpus(np.random.default_rng(30), 300)
-    full, _ = bert_helpers_ref.build_mapping(docs, sizes, 1, 10**9, 50, 0.0, 1, 2)
+    full, _ = bert_helpers_ref.build_mapping_reference(docs, sizes, 1, 10**9, 50, 0.0, 1, 2)
     assert np.all(full[:, 2] == 50)
-    short, _ = bert_helpers_ref.build_mapping(docs, sizes, 1, 10**9, 50, 1.0, 1, 2)
+    short, _ = bert_helpers_ref.build_mapping_reference(docs, sizes, 1, 10**9, 50, 1.0, 1, 2)
     assert short[:, 2].min() == 2 and np.unique(short[:, 2]).size > 30
     assert short.shape[0] > full.shape[0]
 
 
 def test_mapping_epochs_until_max_num_samples():
     docs, sizes = _random_corpus(np.random.default_rng(40), 100)
-    one, _ = bert_helpers_ref.build_mapping(docs, sizes, 1, 10**9, 50, 0.0, 1, 2)
+    one, _ = bert_helpers_ref.build_mapping_reference(docs, sizes, 1, 10**9, 50, 0.0, 1, 2)
     per_epoch = one.shape[0]
-    many, stats = bert_helpers_ref.build_mapping(
+    many, stats = bert_helpers_ref.build_mapping_reference(
         docs, sizes, 1000, 2 * per_epoch + 1, 50, 0.0, 1, 2
     )
     assert stats["epochs"] == 3 and many.shape[0] == 3 * per_epoch  # whole epochs only
     # Without short sequences every epoch makes the same rows.
     np.testing.assert_array_equal(np.unique(many, axis=0), np.unique(one, axis=0))
-    empty, stats = bert_helpers_ref.build_mapping(
+    empty, stats = bert_helpers_ref.build_mapping_reference(
         np.array([0, 1, 1]), np.ones(1, np.int32), 10**6, 10, 50, 0.1, 0, 2
     )
     assert empty.shape == (0, 3) and stats["epochs"] == 1  # no eligible document: stop
@@ -420,7 +411,7 @@ def test_cache_written_reused_and_keyed(tmp_path, monkeypatch):
     def no_build(*args, **kwargs):
         raise AssertionError("mapping rebuilt although cached")
 
-    monkeypatch.setattr(bert_module, "build_sample_mapping", no_build)
+    monkeypatch.setattr(helpers, "build_mapping", no_build)
     again = _dataset(prefix)
     np.testing.assert_array_equal(again.mapping, ds.mapping)
     monkeypatch.undo()
@@ -496,12 +487,11 @@ def test_build_on_one_rank_others_wait(tmp_path):
         )
 
 
-def test_python_fallback_without_cpp(tmp_path, monkeypatch):
+def test_python_fallback_without_cpp(tmp_path):
     prefix, _ = _write_corpus(tmp_path, _doc_lengths(11))
     expected = _dataset(prefix, path_to_cache=str(tmp_path / "a")).mapping
-    if HAS_CPP:
-        monkeypatch.delattr(helpers_cpp, "build_mapping")
-    fallback = _dataset(prefix, path_to_cache=str(tmp_path / "b")).mapping
+    with extension_hidden(kernels.DATASET_HELPERS):
+        fallback = _dataset(prefix, path_to_cache=str(tmp_path / "b")).mapping
     np.testing.assert_array_equal(fallback, expected)
 
 

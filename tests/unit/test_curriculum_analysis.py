@@ -11,16 +11,17 @@ import types
 import numpy as np
 import pytest
 
+from megatron.core import kernels
 from megatron.core.curriculum import analysis as A
 from megatron.core.curriculum import analysis_output as O
-from megatron.core.curriculum import metrics_kernels as K
-from megatron.core.curriculum.scoring import make_sample_source
-from megatron.core.datasets.bert_sample_source import BertSampleSource
 from megatron.core.curriculum.metrics import CurriculumMetricsConfig, vocab_rarity_table
+from megatron.core.curriculum.scoring import make_sample_source
 from megatron.core.datasets.bert_dataset import BertDataset, BertDatasetConfig
+from megatron.core.datasets.bert_sample_source import BertSampleSource
 from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+from tests.kernel_parity import assert_parity, needs_kernel
 
 VOCAB = 300
 BUILTINS = ["seqlen", "vocab_rarity", "seqlen_vocab_rarity", "total_vocab_freq"]
@@ -190,7 +191,7 @@ def test_bert_values_match_per_sample_loops(bert_corpus, head, head_type):
     assert len(set(expected["seqlen"])) > 5
 
 
-@pytest.mark.skipif(not K.cpp_available(), reason="C++ helpers not built")
+@needs_kernel(kernels.DATASET_HELPERS)
 @pytest.mark.parametrize("head", [True, False])
 def test_bert_replay_cpp_matches_numpy(tmp_path, head):
     """C++ replay of numpy's draws == numpy's, including long cuts (binomial BTPE, n > 60)."""
@@ -211,8 +212,7 @@ def test_bert_replay_cpp_matches_numpy(tmp_path, head):
     ds = BertDataset(indexed, str(tmp_path / "sent"), np.arange(120), 3000, "train", config)
     source = BertSampleSource(ds)
     indices = np.arange(len(ds))
-    cpp, ref = source._replay(indices), source._replay_py(indices)
-    np.testing.assert_array_equal(cpp, ref)
+    ref = assert_parity(source._replay, indices)
     cuts = (ref[:, 2] + ref[:, 5]).astype(np.int64)
     assert (ds.mapping[:, 2] < cuts).sum() == 0 and ref[:, 1].max() > 30  # long front cuts seen
 

@@ -8,13 +8,15 @@ import types
 import numpy as np
 import pytest
 
+from megatron.core import kernels
 from megatron.core.curriculum import metrics as M
 from megatron.core.curriculum import metrics_kernels as K
-from megatron.core.datasets.token_pieces import TokenPieces
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 from megatron.core.datasets.token_counts import save_token_counts, token_counts_path
+from megatron.core.datasets.token_pieces import TokenPieces
+from tests.kernel_parity import assert_parity, needs_kernel
 
-needs_cpp = pytest.mark.skipif(not K.cpp_available(), reason="C++ helpers not built")
+needs_cpp = needs_kernel(kernels.DATASET_HELPERS)
 TOKEN_DTYPES = [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.uint32, np.int64]
 
 
@@ -50,16 +52,16 @@ def test_kernels_match_reference_and_loops(dtype):
     table = rng.random(128) * 17.0
     samples = pieces.materialize()
     expected = np.array([loop_sum(s, table) for s in samples])
-    ref = K.token_table_sums(pieces, table, backend="python")
+    ref = K.token_table_sums(pieces, table, backend="reference")
     assert np.array_equal(ref, expected)  # bit-identical: same order of additions
     counts = np.bincount(np.concatenate(samples), minlength=128)
-    assert np.array_equal(K.token_bincount(pieces, 128, backend="python"), counts)
-    if K.cpp_available():
-        assert np.array_equal(K.token_table_sums(pieces, table, backend="cpp"), expected)
-        assert np.array_equal(K.token_bincount(pieces, 128, backend="cpp"), counts)
+    assert np.array_equal(K.token_bincount(pieces, 128, backend="reference"), counts)
+    if kernels.available(kernels.DATASET_HELPERS):
+        assert_parity(K.token_table_sums, pieces, table)
+        assert_parity(K.token_bincount, pieces, 128)
 
 
-@pytest.mark.parametrize("backend", ["python", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", ["reference", pytest.param("kernel", marks=needs_cpp)])
 def test_kernels_reject_bad_ids_and_pieces(backend):
     tokens = np.array([1, 2, 300, 4], dtype=np.int32)
     pieces = TokenPieces(tokens, [0, 1, 2], [0, 1], [2, 3])  # sample 1 reaches id 300

@@ -1,16 +1,15 @@
 """Parity of the C++ index helpers with their numpy references, and the dispatching fallback."""
 
 import logging
-import sys
 
 import numpy as np
 import pytest
 
+from megatron.core import kernels
 from megatron.core.datasets import helpers
+from tests.kernel_parity import assert_parity, extension_hidden, needs_kernel
 
-needs_cpp = pytest.mark.skipif(
-    not helpers.cpp_available(), reason="C++ helpers not built (python setup.py build_ext)"
-)
+needs_cpp = needs_kernel(kernels.DATASET_HELPERS)
 
 
 def walk_sample_idx(sizes, doc_idx, seq_length, num_epochs, tokens_per_epoch, drop_last, extra):
@@ -55,10 +54,8 @@ def test_sample_idx_parity_random(extra, drop_last):
     for _ in range(150):
         sizes, doc_idx, s, epochs, tokens = random_case(rng)
         args = (sizes, doc_idx, s, epochs, tokens, drop_last, extra)
-        cpp = helpers.build_sample_idx(*args, backend="cpp")
-        ref = helpers.build_sample_idx_py(*args)
-        assert cpp.dtype == ref.dtype == np.int32
-        np.testing.assert_array_equal(cpp, ref)
+        ref = assert_parity(helpers.build_sample_idx, *args)
+        assert ref.dtype == np.int32
         np.testing.assert_array_equal(ref, walk_sample_idx(*args))
         usable = epochs * tokens - extra
         expected = usable // s if drop_last else -(-usable // s)
@@ -75,9 +72,7 @@ def test_sample_idx_edge_cases():
         (np.array([2], np.int32), np.array([0], np.int32), 5, 1, 2),  # no full sample
     ]
     for sizes, doc_idx, s, epochs, tokens in cases:
-        cpp = helpers.build_sample_idx(sizes, doc_idx, s, epochs, tokens, backend="cpp")
-        ref = helpers.build_sample_idx_py(sizes, doc_idx, s, epochs, tokens)
-        np.testing.assert_array_equal(cpp, ref)
+        ref = assert_parity(helpers.build_sample_idx, sizes, doc_idx, s, epochs, tokens)
         walk = walk_sample_idx(sizes, doc_idx, s, epochs, tokens, True, 1)
         np.testing.assert_array_equal(ref, walk)
 
@@ -86,8 +81,8 @@ def test_sample_idx_edge_cases():
 def test_sample_idx_int64_doc_idx_and_forced_int64():
     rng = np.random.default_rng(7)
     sizes, doc_idx, s, epochs, tokens = random_case(rng)
-    narrow = helpers.build_sample_idx(sizes, doc_idx, s, epochs, tokens, backend="cpp")
-    for backend in ("cpp", "python"):
+    narrow = helpers.build_sample_idx(sizes, doc_idx, s, epochs, tokens, backend="kernel")
+    for backend in ("kernel", "reference"):
         wide = helpers.build_sample_idx(
             sizes, doc_idx.astype(np.int64), s, epochs, tokens, backend=backend, force_int64=True
         )
@@ -102,18 +97,14 @@ def test_sample_idx_huge_token_counts():
     doc_idx = np.array([2, 0, 3, 1], dtype=np.int32)
     tokens = int(sizes.astype(np.int64).sum())
     s = 1 << 20
-    cpp = helpers.build_sample_idx(sizes, doc_idx, s, 1, tokens, backend="cpp")
-    ref = helpers.build_sample_idx_py(sizes, doc_idx, s, 1, tokens)
-    np.testing.assert_array_equal(cpp, ref)
-    assert cpp.shape[0] == (tokens - 1) // s + 1
-    starts = cpp[:, 0].astype(np.int64) * int(sizes[0]) + cpp[:, 1]  # global start positions
-    np.testing.assert_array_equal(starts, np.arange(cpp.shape[0], dtype=np.int64) * s)
+    ref = assert_parity(helpers.build_sample_idx, sizes, doc_idx, s, 1, tokens)
+    assert ref.shape[0] == (tokens - 1) // s + 1
+    starts = ref[:, 0].astype(np.int64) * int(sizes[0]) + ref[:, 1]  # global start positions
+    np.testing.assert_array_equal(starts, np.arange(ref.shape[0], dtype=np.int64) * s)
 
 
-@pytest.mark.parametrize("backend", ["cpp", "python"])
+@pytest.mark.parametrize("backend", [pytest.param("kernel", marks=needs_cpp), "reference"])
 def test_sample_idx_errors(backend):
-    if backend == "cpp" and not helpers.cpp_available():
-        pytest.skip("C++ helpers not built")
     sizes = np.array([5, 5], np.int32)
     with pytest.raises(ValueError, match="doc_idx\\[1\\] = 2"):
         helpers.build_sample_idx(sizes, np.array([0, 2], np.int32), 2, 1, 10, backend=backend)
@@ -136,15 +127,11 @@ def blend_cases():
 @needs_cpp
 def test_blending_parity():
     for weights, size in blend_cases():
-        cpp = helpers.build_blending_indices(np.array(weights), size, backend="cpp")
-        ref = helpers.build_blending_indices_py(np.array(weights), size)
-        for a, b in zip(cpp, ref):
-            assert a.dtype == b.dtype
-            np.testing.assert_array_equal(a, b)
-        assert cpp[0].dtype == np.int16 and cpp[1].dtype == np.int64
+        ref = assert_parity(helpers.build_blending_indices, np.array(weights), size)
+        assert ref[0].dtype == np.int16 and ref[1].dtype == np.int64
 
 
-@pytest.mark.parametrize("backend", ["auto", "python"])
+@pytest.mark.parametrize("backend", ["auto", "reference"])
 def test_blending_semantics(backend):
     for weights, size in blend_cases():
         w = np.array(weights)
@@ -162,33 +149,34 @@ def test_blending_semantics(backend):
 
 
 def test_blending_first_due_wins_and_errors():
-    index, _ = helpers.build_blending_indices_py(np.array([0.5, 0.5]), 4)
+    index, _ = helpers.build_blending_indices_reference(np.array([0.5, 0.5]), 4)
     assert index.tolist() == [0, 1, 0, 1]
-    index, _ = helpers.build_blending_indices_py(np.array([2.0, 1.0]), 6)  # normalised weights
+    index, _ = helpers.build_blending_indices_reference(
+        np.array([2.0, 1.0]), 6
+    )  # normalised weights
     assert index.tolist() == [0, 1, 0, 0, 1, 0]
     with pytest.raises(ValueError, match="sum to 0"):
-        helpers.build_blending_indices_py(np.array([0.0, 0.0]), 4)
+        helpers.build_blending_indices_reference(np.array([0.0, 0.0]), 4)
     with pytest.raises(ValueError, match="weights\\[1\\]"):
-        helpers.build_blending_indices_py(np.array([0.5, -0.5]), 4)
+        helpers.build_blending_indices_reference(np.array([0.5, -0.5]), 4)
     with pytest.raises(ValueError, match="size must be >= 0"):
-        helpers.build_blending_indices_py(np.array([1.0]), -1)
+        helpers.build_blending_indices_reference(np.array([1.0]), -1)
     with pytest.raises(ValueError, match="backend"):
         helpers.build_blending_indices(np.array([1.0]), 1, backend="cuda")
 
 
 @pytest.fixture
 def without_cpp(monkeypatch):
-    helpers._cpp_module.cache_clear()
-    monkeypatch.setitem(sys.modules, "megatron.core.datasets.helpers_cpp", None)
-    yield
-    monkeypatch.undo()
-    helpers._cpp_module.cache_clear()
+    """The helpers as if never built, and backend=None meaning "auto" whatever the environment."""
+    monkeypatch.delenv(kernels.BACKEND_ENV, raising=False)
+    with extension_hidden(kernels.DATASET_HELPERS):
+        yield
 
 
 def test_fallback_warns_once_and_matches(without_cpp, caplog):
     sizes = np.array([4, 9, 3], np.int32)
     doc_idx = np.array([2, 0, 1], np.int32)
-    with caplog.at_level(logging.WARNING, logger="megatron.core.datasets.helpers"):
+    with caplog.at_level(logging.WARNING, logger="megatron.core.kernels"):
         a = helpers.build_sample_idx(sizes, doc_idx, 3, 1, 16)
         b = helpers.build_blending_indices(np.array([0.2, 0.8]), 20)
     warnings = [r for r in caplog.records if "not importable" in r.getMessage()]
@@ -196,4 +184,4 @@ def test_fallback_warns_once_and_matches(without_cpp, caplog):
     np.testing.assert_array_equal(a, walk_sample_idx(sizes, doc_idx, 3, 1, 16, True, 1))
     assert len(b[0]) == 20
     with pytest.raises(ImportError, match="build_ext"):
-        helpers.build_sample_idx(sizes, doc_idx, 3, 1, 16, backend="cpp")
+        helpers.build_sample_idx(sizes, doc_idx, 3, 1, 16, backend="kernel")

@@ -7,12 +7,11 @@ dtype, layout and stride pattern, forward and backward.
 import pytest
 import torch
 
+from megatron.core import kernels
 from megatron.core.random_ltd import token_ops as T
+from tests.kernel_parity import assert_parity, extension_hidden, needs_kernel
 
-needs_cpp = pytest.mark.skipif(
-    not T.kernels_available("cpu"),
-    reason="random-LTD C++ kernels not built (python setup.py build_ext --inplace)",
-)
+needs_cpp = needs_kernel(kernels.TOKEN_OPS_CPU)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # (s, b, h, k): K = 1, K = S, odd H, H = 1, S > 2048, b = 1 and several.
@@ -39,17 +38,14 @@ def hidden(seq, batch, h, dtype, batch_first, seed=1):
 def test_gather_scatter_forward_backward_match_reference(s, b, h, k, batch_first, dtype):
     x = hidden(s, b, h, dtype, batch_first)
     idx = kept_indices(s, b, k)
-    y_ref = T.token_gather(x, idx, batch_first, backend="torch")
+    y_ref = assert_parity(T.token_gather, x, idx, batch_first)
     assert y_ref.shape == ((b, k, h) if batch_first else (k, b, h))
-    assert torch.equal(T.token_gather(x, idx, batch_first, backend="kernel"), y_ref)
 
     part = torch.randn(y_ref.shape).to(dtype)
-    out = T.token_scatter(x, part, idx, batch_first, backend="kernel")
-    assert torch.equal(out, T.token_scatter(x, part, idx, batch_first, backend="torch"))
+    assert_parity(T.token_scatter, x, part, idx, batch_first)
 
     # backward: same upstream gradient through both paths, compare every input gradient
-    grads = {}
-    for backend in ("kernel", "torch"):
+    def input_grads(backend):
         xg, pg = x.clone().requires_grad_(), part.clone().requires_grad_()
         gathered = T.token_gather(xg, idx, batch_first, backend=backend)
         merged = T.token_scatter(xg, pg * 1, idx, batch_first, backend=backend)
@@ -57,9 +53,9 @@ def test_gather_scatter_forward_backward_match_reference(s, b, h, k, batch_first
         g1 = torch.randn(gathered.shape, generator=gen).to(dtype)
         g2 = torch.randn(merged.shape, generator=gen).to(dtype)
         torch.autograd.backward([gathered, merged], [g1, g2])
-        grads[backend] = (xg.grad, pg.grad)
-    assert torch.equal(grads["kernel"][0], grads["torch"][0])
-    assert torch.equal(grads["kernel"][1], grads["torch"][1])
+        return xg.grad, pg.grad
+
+    assert_parity(input_grads)
 
 
 @needs_cpp
@@ -106,18 +102,18 @@ def test_non_contiguous_inputs(dtype):
     wide = kept_indices(s, b, k)[:, :, None].expand(b, k, 2).reshape(b, 2 * k)
     idx = wide[:, ::2]  # non-contiguous indices (stride 2)
     for name, x in views.items():
-        ref = T.token_gather(x, idx, backend="torch")
-        assert torch.equal(T.token_gather(x, idx, backend="kernel"), ref), name
+        ref = assert_parity(T.token_gather, x, idx, where=name)
         part = torch.randn(ref.shape).to(dtype).transpose(0, 1).contiguous().transpose(0, 1)
-        got = T.token_scatter(x, part, idx, backend="kernel")
-        assert torch.equal(got, T.token_scatter(x, part, idx, backend="torch")), name
+        assert_parity(T.token_scatter, x, part, idx, where=name)
     # a non-contiguous upstream gradient in backward
-    x = views["transposed"].clone().requires_grad_()
     grad = torch.randn(b, k, h).to(dtype).transpose(0, 1)
-    T.token_gather(x, idx, backend="kernel").backward(grad)
-    x_ref = views["transposed"].clone().requires_grad_()
-    T.token_gather(x_ref, idx, backend="torch").backward(grad)
-    assert torch.equal(x.grad, x_ref.grad)
+
+    def input_grad(backend):
+        x = views["transposed"].clone().requires_grad_()
+        T.token_gather(x, idx, backend=backend).backward(grad)
+        return x.grad
+
+    assert_parity(input_grad)
 
 
 def _masks(seq, batch):
@@ -143,9 +139,8 @@ def test_attention_mask_gather_rows_and_columns():
     masks, doc = _masks(seq, batch)
     idx = kept_indices(seq, batch, kept, seed=3)
     for name, mask in masks.items():
-        got = T.gather_attention_mask(mask, idx, backend="kernel")
+        got = assert_parity(T.gather_attention_mask, mask, idx, where=name)
         assert got.shape == (batch, 1, kept, kept) and got.dtype == torch.bool
-        assert torch.equal(got, T.gather_attention_mask(mask, idx, backend="torch")), name
     # semantics: causal stays causal; document ids of the kept tokens decide the blocks
     tri = torch.ones(kept, kept, dtype=torch.bool).triu(1)
     causal = T.gather_attention_mask(masks["causal"], idx)
@@ -155,8 +150,7 @@ def test_attention_mask_gather_rows_and_columns():
     assert torch.equal(T.gather_attention_mask(masks["document"], idx)[:, 0], expected)
     # an additive float mask with several heads, viewed transposed (non-contiguous)
     additive = torch.randn(batch, 2, seq, seq).transpose(2, 3)
-    got = T.gather_attention_mask(additive, idx, backend="kernel")
-    assert torch.equal(got, T.gather_attention_mask(additive, idx, backend="torch"))
+    assert_parity(T.gather_attention_mask, additive, idx)
     assert T.gather_attention_mask(None, idx) is None
 
 
@@ -165,8 +159,7 @@ def test_attention_mask_gather_rows_and_columns():
 def test_token_sort_any_length(seq, kept):
     gen = torch.Generator().manual_seed(seq + kept)
     idx = torch.stack([torch.randperm(seq, generator=gen)[:kept] for _ in range(3)])
-    got = T.token_sort(idx, backend="kernel")
-    assert torch.equal(got, T.token_sort(idx, backend="torch"))
+    got = assert_parity(T.token_sort, idx)
     assert torch.equal(got, torch.sort(idx, dim=1).values)
     dup = torch.randint(0, 7, (2, 300), generator=gen, dtype=torch.int32).t()  # repeats, strided
     assert torch.equal(T.token_sort(dup, backend="kernel"), torch.sort(dup.long(), 1).values)
@@ -177,13 +170,11 @@ def test_position_ids_and_rotary_table_follow_kept_tokens():
     seq, batch, kept, dim = 30, 3, 8, 6
     idx = kept_indices(seq, batch, kept, seed=4)
     pos = torch.arange(seq)[None]  # [1, s]
-    for backend in ("kernel", "torch"):
-        assert torch.equal(T.gather_position_ids(pos, idx, backend=backend), idx)
+    assert torch.equal(assert_parity(T.gather_position_ids, pos, idx), idx)
     freqs = torch.randn(seq, 1, 1, dim)  # Megatron's rotary table [s, 1, 1, d]
-    rot = T.gather_rotary_table(freqs, idx, backend="kernel")
+    rot = assert_parity(T.gather_rotary_table, freqs, idx)
     assert rot.shape == (kept, batch, 1, dim)
     assert torch.equal(rot, freqs[idx.t(), 0])  # freqs[idx[i, j], 0] -> [k, b, 1, d]
-    assert torch.equal(rot, T.gather_rotary_table(freqs, idx, backend="torch"))
 
 
 @needs_cpp
@@ -205,14 +196,14 @@ def test_backend_selection(monkeypatch):
     x, idx = torch.randn(4, 2, 3), torch.tensor([[0, 3], [1, 2]])
     with pytest.raises(ValueError, match="backend must be one of"):
         T.token_gather(x, idx, backend="cuda")
-    monkeypatch.setenv(T.BACKEND_ENV, "torch")
-    assert T.active_backend("cpu") == "torch"
+    monkeypatch.setenv(kernels.BACKEND_ENV, "reference")
+    assert T.active_backend("cpu") == "reference"
     assert torch.equal(T.token_gather(x, idx), T.token_gather_reference(x, idx))
-    monkeypatch.setenv(T.BACKEND_ENV, "bogus")
-    with pytest.raises(ValueError, match=T.BACKEND_ENV):
+    monkeypatch.setenv(kernels.BACKEND_ENV, "bogus")
+    with pytest.raises(ValueError, match=kernels.BACKEND_ENV):
         T.token_gather(x, idx)
-    monkeypatch.delenv(T.BACKEND_ENV)
-    assert T.active_backend("cpu") == ("cpp" if T.kernels_available("cpu") else "torch")
+    monkeypatch.delenv(kernels.BACKEND_ENV)
+    assert T.active_backend("cpu") == ("kernel" if T.kernels_available("cpu") else "reference")
     assert not T.kernels_available("meta")
     # a device without kernels: "auto" falls back to the reference, "kernel" refuses
     meta_x, meta_idx = x.to("meta"), idx.to("meta")
@@ -230,10 +221,10 @@ def test_empty_selection():
     assert torch.equal(out, x)
 
 
-def test_missing_kernel_falls_back_to_reference(monkeypatch):
-    monkeypatch.setattr(T, "_cpu_kernels", lambda: None)  # as if csrc/random_ltd were not built
+def test_missing_kernel_falls_back_to_reference():
     x, idx = torch.randn(4, 2, 3), torch.tensor([[0, 3], [1, 2]])
-    assert T.active_backend("cpu") == "torch"
-    assert torch.equal(T.token_gather(x, idx), T.token_gather_reference(x, idx))
-    with pytest.raises(RuntimeError, match="no random-LTD kernel"):
-        T.token_sort(idx, backend="kernel")
+    with extension_hidden(kernels.TOKEN_OPS_CPU):  # as if csrc/random_ltd were not built
+        assert T.active_backend("cpu") == "reference"
+        assert torch.equal(T.token_gather(x, idx), T.token_gather_reference(x, idx))
+        with pytest.raises(RuntimeError, match="no random-LTD kernel"):
+            T.token_sort(idx, backend="kernel")

@@ -9,41 +9,23 @@ Kernels (C++ in csrc/data_helpers/metric_helpers.cpp, numpy references here, ide
   and values truncated to integers (vocabulary rarity) never differ between them.
 - `token_bincount(pieces, num_ids)`: int64 [num_ids], occurrences of every id over all samples.
 
-Both raise ValueError for a token id outside the table. `backend` is "auto" (C++ when the
-extension is built, else numpy with one warning), "cpp" or "python".
+Both raise ValueError for a token id outside the table. `backend` is chosen by
+`megatron.core.kernels`: "auto" (C++ when the extension is built, else the numpy reference after
+one logged warning), "kernel" or "reference"; None reads $MEGATRON_KERNEL_BACKEND. The numpy
+references are `token_table_sums_reference` and `token_bincount_reference`.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-from types import ModuleType
 from typing import Optional
 
 import numpy as np
 
-from megatron.core.datasets.helpers import load_extension, resolve_extension
+from megatron.core import kernels
 from megatron.core.datasets.token_pieces import TokenPieces
-
-logger = logging.getLogger(__name__)
 
 _REFERENCE_CHUNK_TOKENS = 1 << 22
 """Tokens the numpy reference materialises at a time."""
-
-
-@functools.lru_cache(maxsize=None)
-def _cpp_module() -> Optional[ModuleType]:
-    """The compiled metric kernels, or None (logging the reason once per process)."""
-    return load_extension(("token_table_sums",), "curriculum metrics")
-
-
-def cpp_available() -> bool:
-    """Whether the compiled metric kernels can be used."""
-    return _cpp_module() is not None
-
-
-def _resolve(backend: str) -> Optional[ModuleType]:
-    return resolve_extension(backend, _cpp_module)
 
 
 def _tokens_for_cpp(tokens: np.ndarray) -> np.ndarray:
@@ -67,28 +49,30 @@ def _check_ids(ids: np.ndarray, num_ids: int, what: str) -> None:
         )
 
 
-def token_table_sums(pieces: TokenPieces, table: np.ndarray, backend: str = "auto") -> np.ndarray:
+def token_table_sums(
+    pieces: TokenPieces, table: np.ndarray, backend: Optional[str] = None
+) -> np.ndarray:
     """float64 [N]: per sample, `table[id]` summed over its tokens in order (sequential float64).
 
     Args:
         pieces: the samples.
         table: float64 [V] value of every token id.
-        backend: "auto", "cpp" or "python".
+        backend: "auto", "kernel" or "reference"; None reads $MEGATRON_KERNEL_BACKEND.
     """
     table = np.ascontiguousarray(table, dtype=np.float64)
-    module = _resolve(backend)
-    if module is not None:
-        return module.token_table_sums(
-            _tokens_for_cpp(pieces.tokens),
-            pieces.piece_ptr,
-            pieces.piece_start,
-            pieces.piece_len,
-            table,
-        )
-    return token_table_sums_py(pieces, table)
+    module = kernels.resolve(kernels.DATASET_HELPERS, backend)
+    if module is None:
+        return token_table_sums_reference(pieces, table)
+    return module.token_table_sums(
+        _tokens_for_cpp(pieces.tokens),
+        pieces.piece_ptr,
+        pieces.piece_start,
+        pieces.piece_len,
+        table,
+    )
 
 
-def token_table_sums_py(pieces: TokenPieces, table: np.ndarray) -> np.ndarray:
+def token_table_sums_reference(pieces: TokenPieces, table: np.ndarray) -> np.ndarray:
     """numpy reference of `token_table_sums` (a row-wise cumulative sum is sequential)."""
     n = pieces.num_samples
     out = np.zeros(n, dtype=np.float64)
@@ -115,21 +99,24 @@ def token_table_sums_py(pieces: TokenPieces, table: np.ndarray) -> np.ndarray:
     return out
 
 
-def token_bincount(pieces: TokenPieces, num_ids: int, backend: str = "auto") -> np.ndarray:
-    """int64 [num_ids]: occurrences of every token id over all samples of `pieces`."""
-    module = _resolve(backend)
-    if module is not None:
-        return module.token_bincount(
-            _tokens_for_cpp(pieces.tokens),
-            pieces.piece_ptr,
-            pieces.piece_start,
-            pieces.piece_len,
-            int(num_ids),
-        )
-    return token_bincount_py(pieces, num_ids)
+def token_bincount(pieces: TokenPieces, num_ids: int, backend: Optional[str] = None) -> np.ndarray:
+    """int64 [num_ids]: occurrences of every token id over all samples of `pieces`.
+
+    `backend`: "auto", "kernel" or "reference"; None reads $MEGATRON_KERNEL_BACKEND.
+    """
+    module = kernels.resolve(kernels.DATASET_HELPERS, backend)
+    if module is None:
+        return token_bincount_reference(pieces, num_ids)
+    return module.token_bincount(
+        _tokens_for_cpp(pieces.tokens),
+        pieces.piece_ptr,
+        pieces.piece_start,
+        pieces.piece_len,
+        int(num_ids),
+    )
 
 
-def token_bincount_py(pieces: TokenPieces, num_ids: int) -> np.ndarray:
+def token_bincount_reference(pieces: TokenPieces, num_ids: int) -> np.ndarray:
     """numpy reference of `token_bincount`."""
     counts = np.zeros(int(num_ids), dtype=np.int64)
     n, step = pieces.num_samples, 4096

@@ -5,8 +5,9 @@ Data layout: the corpus is preprocessed with `--split-sentences`, so each sequen
 (train/valid/test) is a set of document ids (`indexed_indices`).
 
 The sample mapping ([N, 3] rows of first sentence, end sentence, target length; see
-`bert_helpers_ref`) is built once by the C++ helper (or its pure-Python reference when the
-extension is not built) and cached as a `.npy` file named by the md5 of everything that affects it.
+`bert_helpers_ref`) is built once by `helpers.build_mapping` (the C++ helper, or its pure-Python
+reference when the extension is not built) and cached as a `.npy` file named by the md5 of
+everything that affects it.
 
 `dataset[i]` is a pure function of (config, mapping, i): its random state is seeded from
 `config.random_seed + i`, so any number of workers or any access order yields the same samples.
@@ -23,7 +24,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
-from megatron.core.datasets import bert_helpers_ref
+from megatron.core.datasets import bert_helpers_ref, helpers
 from megatron.core.datasets.bert_helpers_ref import truncate_seq_pair
 from megatron.core.datasets.bert_sample_source import BertSampleSource
 from megatron.core.datasets.config import DatasetConfig
@@ -103,7 +104,6 @@ class BertDatasetConfig(DatasetConfig):
     """bool [vocab_size]: True for "##" continuation pieces; derived from `tokenizer.inv_vocab`
     when unset and whole-word masking is on."""
 
-
     def __post_init__(self) -> None:
         super().__post_init__()
         self._fill_from_tokenizer()
@@ -164,28 +164,6 @@ class BertDatasetConfig(DatasetConfig):
                     f"is_continuation has shape {self.is_continuation.shape}, expected "
                     f"({self.vocab_size},) (one flag per vocabulary id)"
                 )
-
-
-def build_sample_mapping(docs: np.ndarray, sizes: np.ndarray, **kwargs) -> Tuple[np.ndarray, Dict]:
-    """`build_mapping` from the C++ helpers when built, else from `bert_helpers_ref` (same result).
-
-    Keyword arguments are those of `bert_helpers_ref.build_mapping`.
-    """
-    try:
-        from megatron.core.datasets import helpers_cpp
-
-        build = helpers_cpp.build_mapping
-    except (ImportError, AttributeError):
-        logger.warning(
-            "C++ dataset helpers are not built; building the BERT sample mapping in pure Python "
-            "(slow). Build them with `pip install -e .` (needs a C++ compiler)."
-        )
-        build = bert_helpers_ref.build_mapping
-    return build(
-        np.ascontiguousarray(docs, dtype=np.int64),
-        np.ascontiguousarray(sizes, dtype=np.int32),
-        **kwargs,
-    )
 
 
 def _split_sentences(
@@ -338,7 +316,7 @@ class BertDataset:
 
     def _build_mapping(self) -> np.ndarray:
         num_epochs, max_num_samples = self._epochs_and_max_samples()
-        mapping, stats = build_sample_mapping(
+        mapping, stats = helpers.build_mapping(
             self._docs,
             self._sizes,
             num_epochs=num_epochs,

@@ -2,8 +2,10 @@
 and `truncate_seq_pair`, the segment truncation shared by `BertDataset` and the replay of its
 random draws (`bert_sample_source`).
 
-`build_mapping` here and `megatron.core.datasets.helpers_cpp.build_mapping` return bit-identical
-results for the same inputs; the C++ version is ~100x faster and is used whenever it is built.
+`build_mapping_reference` here and `megatron.core.datasets.helpers_cpp.build_mapping` return
+bit-identical results for the same inputs; the C++ version is ~100x faster. Callers use the
+dispatching `megatron.core.datasets.helpers.build_mapping`, which runs the C++ version when it is
+built (see `megatron.core.kernels`) and this reference otherwise.
 
 Algorithm (the specification both implementations follow):
 
@@ -156,7 +158,7 @@ def _eligible_documents(docs, sizes, min_num_sent, long_sentence_len):
     return ~too_short & ~has_long, stats
 
 
-def build_mapping(
+def build_mapping_reference(
     docs: np.ndarray,
     sizes: np.ndarray,
     num_epochs: int,

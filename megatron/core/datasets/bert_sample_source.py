@@ -3,25 +3,24 @@
 The mapping row (first sentence, end sentence, target length) and the per-sample random draws of
 `BertDataset.__getitem__` (numpy's legacy RandomState seeded with seed + i) are replayed without
 reading tokens: the split point of segments A / B, the sentence-order swap and the truncation give
-each segment as one token run. The replay runs in C++ (`bert_segment_replay`, which re-implements
-those numpy draws: MT19937 seeding, randint, random_sample, binomial) with `_replay_py` as its
-reference (numpy itself and `truncate_seq_pair`); every batch is also checked against
-`__getitem__` on one sample (masked positions restored from the labels), so a change of the
-dataset cannot go unnoticed. Lengths need no replay: truncation keeps min(tokens, target). NSP
-samples (a random other document as B) use `__getitem__` itself.
+each segment as one token run. The replay runs in C++ (`bert_segment_replay` of
+`megatron.core.datasets.helpers_cpp`, which re-implements those numpy draws: MT19937 seeding,
+randint, random_sample, binomial) with `_replay_reference` as its reference (numpy itself and
+`truncate_seq_pair`), chosen by `megatron.core.kernels` like every kernel; every batch is also
+checked against `__getitem__` on one sample (masked positions restored from the labels), so a
+change of the dataset cannot go unnoticed. Lengths need no replay: truncation keeps
+min(tokens, target). NSP samples (a random other document as B) use `__getitem__` itself.
 """
 
 from __future__ import annotations
 
-import functools
 import os
-from types import ModuleType
 from typing import Any, Optional
 
 import numpy as np
 
+from megatron.core import kernels
 from megatron.core.datasets.bert_helpers_ref import truncate_seq_pair
-from megatron.core.datasets.helpers import load_extension
 from megatron.core.datasets.sample_source import (
     SampleSource,
     config_prefixes,
@@ -29,12 +28,6 @@ from megatron.core.datasets.sample_source import (
     sequence_starts,
 )
 from megatron.core.datasets.token_pieces import TokenPieces
-
-
-@functools.lru_cache(maxsize=None)
-def _replay_module() -> Optional[ModuleType]:
-    """The compiled replay, or None (logging the reason once per process)."""
-    return load_extension(("bert_segment_replay",), "the BERT sample replay")
 
 
 class BertSampleSource(SampleSource):
@@ -68,17 +61,18 @@ class BertSampleSource(SampleSource):
         sids = sentences if self.sentence_ids is None else self.sentence_ids[sentences]
         return self.starts[np.asarray(sids, dtype=np.int64)]
 
-    def _replay(self, indices: np.ndarray) -> np.ndarray:
+    def _replay(self, indices: np.ndarray, backend: Optional[str] = None) -> np.ndarray:
         """int64 [n, 6]: (first sentence, front cut, kept tokens) of segments A and B per sample,
-        from the same random draws as `BertDataset.__getitem__` (C++ when built)."""
-        module = _replay_module()
+        from the same random draws as `BertDataset.__getitem__`. `backend` as in
+        `megatron.core.kernels` ("auto": C++ when built; None reads $MEGATRON_KERNEL_BACKEND)."""
+        module = kernels.resolve(kernels.DATASET_HELPERS, backend)
         if module is None:
-            return self._replay_py(indices)
+            return self._replay_reference(indices)
         rows = np.ascontiguousarray(self.dataset.mapping[indices], dtype=np.int64)  # [n, 3]
         seed = int(self.dataset.config.random_seed)
         return module.bert_segment_replay(rows, indices, self.cumulative, seed, self.head)
 
-    def _replay_py(self, indices: np.ndarray) -> np.ndarray:
+    def _replay_reference(self, indices: np.ndarray) -> np.ndarray:
         """Reference of `_replay`: numpy's RandomState and the dataset's truncate_seq_pair."""
         rows = np.asarray(self.dataset.mapping[indices], dtype=np.int64)  # [n, 3]
         cum = self.cumulative

@@ -1,10 +1,12 @@
-"""Index builders for the GPT and blended datasets: C++ accelerators and their numpy references.
+"""Index builders of the GPT, blended and BERT datasets: C++ kernels and their references.
 
 Each builder exists twice: in the compiled extension `megatron.core.datasets.helpers_cpp`
-(csrc/data_helpers/, built by `pip install -e .`) and here as a pure numpy reference
-(`*_py`). The dispatching functions `build_sample_idx` and `build_blending_indices` use the
-extension when it is importable and otherwise log one warning and run the reference; both give
-identical arrays (tests/unit/test_dataset_helpers.py).
+(csrc/data_helpers/, built by `pip install -e .`) and as a pure reference named
+`<op>_reference` (numpy here; the BERT mapping's in `bert_helpers_ref`, which also documents its
+algorithm). The dispatching functions `build_sample_idx`, `build_blending_indices` and
+`build_mapping` choose between them through `megatron.core.kernels` (`backend`: "auto", "kernel",
+"reference", or None for $MEGATRON_KERNEL_BACKEND); both paths give identical arrays
+(tests/unit/test_dataset_helpers.py, tests/unit/test_bert_dataset.py).
 
 The two formulations differ on purpose: the C++ sample index walks documents sample by sample,
 the reference locates every sample start at once with a binary search over cumulative token
@@ -13,76 +15,14 @@ counts, so the parity test compares two independent derivations of the same defi
 
 from __future__ import annotations
 
-import functools
-import importlib
-import logging
-from types import ModuleType
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
-logger = logging.getLogger(__name__)
-
-BACKENDS = ("auto", "cpp", "python")
-"""Accepted `backend` arguments: the extension when importable ("auto"), or one forced path."""
+from megatron.core import kernels
+from megatron.core.datasets.bert_helpers_ref import LONG_SENTENCE_LEN, build_mapping_reference
 
 _INT32_MAX = np.iinfo(np.int32).max
-
-
-def load_extension(required: Tuple[str, ...], purpose: str) -> Optional[ModuleType]:
-    """`megatron.core.datasets.helpers_cpp` when importable and holding `required`, else None
-    (logging why: `purpose` falls back to its numpy reference). Callers cache the result."""
-    try:
-        module = importlib.import_module("megatron.core.datasets.helpers_cpp")
-    except ImportError as exc:
-        logger.warning(
-            "the C++ dataset helpers (megatron.core.datasets.helpers_cpp) are not importable "
-            "(%s); %s use the slower numpy reference. Build them with `pip install -e .` or "
-            "`python setup.py build_ext --inplace` from the repository root.",
-            exc,
-            purpose,
-        )
-        return None
-    missing = [n for n in required if not hasattr(module, n)]
-    if missing:
-        logger.warning(
-            "megatron.core.datasets.helpers_cpp is stale (no %s); %s use the numpy reference. "
-            "Rebuild with `pip install -e .`.",
-            ", ".join(missing),
-            purpose,
-        )
-        return None
-    return module
-
-
-def resolve_extension(backend: str, loader) -> Optional[ModuleType]:
-    """The module to run for `backend` ("auto", "cpp" or "python"); `loader()` loads it."""
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "python":
-        return None
-    module = loader()
-    if module is None and backend == "cpp":
-        raise ImportError(
-            "backend='cpp' requested but megatron.core.datasets.helpers_cpp is not built; run "
-            "`python setup.py build_ext --inplace` from the repository root"
-        )
-    return module
-
-
-@functools.lru_cache(maxsize=None)
-def _cpp_module() -> Optional[ModuleType]:
-    """The compiled index builders, or None (logging the reason once per process)."""
-    return load_extension(("build_sample_idx", "build_blending_indices"), "the index builders")
-
-
-def cpp_available() -> bool:
-    """Whether the compiled helpers can be used."""
-    return _cpp_module() is not None
-
-
-def _resolve(backend: str) -> Optional[ModuleType]:
-    return resolve_extension(backend, _cpp_module)
 
 
 def build_sample_idx(
@@ -93,7 +33,7 @@ def build_sample_idx(
     tokens_per_epoch: int,
     drop_last_partial_sequence: bool = True,
     add_extra_token: int = 1,
-    backend: str = "auto",
+    backend: Optional[str] = None,
     force_int64: bool = False,
 ) -> np.ndarray:
     """Where each GPT sample starts: [S + 1, 2] rows of (position in doc_idx, token offset).
@@ -108,7 +48,8 @@ def build_sample_idx(
             False it is kept (S rounds up) and reaches the last token of doc_idx.
         add_extra_token: tokens each sample shares with the next (1: inputs and labels both get
             seq_length tokens from seq_length + 1).
-        backend: "auto" (C++ when built), "cpp" or "python".
+        backend: "auto" (C++ when built), "kernel" or "reference"; None reads
+            $MEGATRON_KERNEL_BACKEND (see `megatron.core.kernels`).
         force_int64: return int64 even when int32 would do (tests the wide path).
 
     Returns:
@@ -117,11 +58,11 @@ def build_sample_idx(
         i starts; sample i holds seq_length + add_extra_token tokens from there, spanning
         documents, and ends where row i + 1 starts plus add_extra_token tokens.
     """
-    module = _resolve(backend)
+    module = kernels.resolve(kernels.DATASET_HELPERS, backend)
     args = (int(seq_length), int(num_epochs), int(tokens_per_epoch))
     flags = (bool(drop_last_partial_sequence), int(add_extra_token), bool(force_int64))
     if module is None:
-        return build_sample_idx_py(sizes, doc_idx, *args, *flags)
+        return build_sample_idx_reference(sizes, doc_idx, *args, *flags)
     doc_idx = np.asarray(doc_idx)
     if doc_idx.dtype not in (np.int32, np.int64):
         doc_idx = doc_idx.astype(np.int64)
@@ -154,7 +95,7 @@ def _check_sample_idx_args(sizes, doc_idx, seq_length, num_epochs, tokens_per_ep
         )
 
 
-def build_sample_idx_py(
+def build_sample_idx_reference(
     sizes: np.ndarray,
     doc_idx: np.ndarray,
     seq_length: int,
@@ -207,14 +148,15 @@ def build_sample_idx_py(
 
 
 def build_blending_indices(
-    weights: np.ndarray, size: int, backend: str = "auto"
+    weights: np.ndarray, size: int, backend: Optional[str] = None
 ) -> Tuple[np.ndarray, np.ndarray]:
     """Which dataset, and which of its samples, each of `size` blended samples comes from.
 
     Args:
         weights: float64 [D] non-negative weights (normally summing to 1).
         size: number of blended samples.
-        backend: "auto" (C++ when built), "cpp" or "python".
+        backend: "auto" (C++ when built), "kernel" or "reference"; None reads
+            $MEGATRON_KERNEL_BACKEND.
 
     Returns:
         (dataset_index int16 [size], dataset_sample_index int64 [size]). With weights w
@@ -226,14 +168,16 @@ def build_blending_indices(
         count[d], drifts up to ~1.6 samples with three or more datasets.) dataset_sample_index[i]
         is count[d] before it is incremented, so each dataset is read in order 0, 1, 2, ...
     """
-    module = _resolve(backend)
+    module = kernels.resolve(kernels.DATASET_HELPERS, backend)
     weights = np.ascontiguousarray(weights, dtype=np.float64)
     if module is None:
-        return build_blending_indices_py(weights, size)
+        return build_blending_indices_reference(weights, size)
     return module.build_blending_indices(weights, int(size))
 
 
-def build_blending_indices_py(weights: np.ndarray, size: int) -> Tuple[np.ndarray, np.ndarray]:
+def build_blending_indices_reference(
+    weights: np.ndarray, size: int
+) -> Tuple[np.ndarray, np.ndarray]:
     """Reference of `build_blending_indices` (same arguments and result; a plain Python loop)."""
     weights = np.asarray(weights, dtype=np.float64)
     size = int(size)
@@ -276,3 +220,35 @@ def build_blending_indices_py(weights: np.ndarray, size: int) -> Tuple[np.ndarra
         dataset_sample_index[i] = counts[best]
         counts[best] += 1
     return dataset_index, dataset_sample_index
+
+
+def build_mapping(
+    docs: np.ndarray,
+    sizes: np.ndarray,
+    num_epochs: int,
+    max_num_samples: int,
+    max_seq_length: int,
+    short_seq_prob: float,
+    seed: int,
+    min_num_sent: int,
+    long_sentence_len: int = LONG_SENTENCE_LEN,
+    backend: Optional[str] = None,
+) -> Tuple[np.ndarray, Dict[str, int]]:
+    """The BERT sample mapping: which sentences form each sample, and its target length.
+
+    Arguments and result are those of `bert_helpers_ref.build_mapping_reference`, the pure-Python
+    reference that documents the algorithm (the C++ version is ~100x faster, same bits). Any
+    integer dtypes and layouts of `docs` / `sizes` are accepted (converted to int64 / int32).
+
+    Args:
+        backend: "auto" (C++ when built), "kernel" or "reference"; None reads
+            $MEGATRON_KERNEL_BACKEND.
+
+    Returns:
+        (mapping int64 [N, 3] of (first sentence, end sentence, target length), stats dict).
+    """
+    module = kernels.resolve(kernels.DATASET_HELPERS, backend)
+    args = (docs, sizes, num_epochs, max_num_samples, max_seq_length, short_seq_prob, seed)
+    if module is None:
+        return build_mapping_reference(*args, min_num_sent, long_sentence_len)
+    return module.build_mapping(*args, min_num_sent, long_sentence_len)

@@ -3,7 +3,7 @@ the attention mask, position ids and rotary table that go with them.
 
 Every op exists twice (contract 3): a compiled kernel (C++/OpenMP for CPU tensors, from
 csrc/random_ltd/token_ops_cpu.cpp; CUDA for CUDA tensors, from csrc/random_ltd/token_ops_cuda.cu
-when that optional extension is built) and a pure-torch reference (`*_reference`), which is the
+when that optional extension is built) and a pure-torch reference (`<op>_reference`), which is the
 oracle of tests/unit/test_token_ops.py and the fallback when a kernel is missing. Both give the
 same bits for every dtype: rows are copied as raw bytes.
 
@@ -13,9 +13,11 @@ Layouts: hidden states are `[s, b, *h]` (`batch_first=False`, Megatron's layout)
 `[0, s)` of the k tokens sample i keeps, distinct within the row (random-LTD draws them without
 replacement and sorts them with `token_sort`, which keeps causal order).
 
-Dispatch: `backend` is "auto" (the kernel for the tensors' device when built, else the reference
-with one logged warning), "kernel" (the kernel or an error) or "torch" (the reference). When the
-argument is None the environment variable MEGATRON_TOKEN_OPS_BACKEND decides, default "auto".
+Dispatch: the tensors' device picks the extension (`extension_for`: CPU tensors
+`kernels.TOKEN_OPS_CPU`, CUDA tensors `kernels.TOKEN_OPS_CUDA`), and `megatron.core.kernels` loads
+it and applies `backend` as for every op: "auto" (the kernel when built, else the reference with
+one logged warning), "kernel" (the kernel or an error naming the fix) or "reference". When the
+argument is None the environment variable MEGATRON_KERNEL_BACKEND decides, default "auto".
 
 Index validation: the C++ kernels raise ValueError for an index outside `[0, s)` (and the scatter
 for a repeated one); the CUDA kernels do not check (that needs a device sync) but never touch
@@ -25,48 +27,19 @@ memory outside the tensors: such a token gathers zeros and is not scattered.
 from __future__ import annotations
 
 import functools
-import importlib
-import logging
 import math
-import os
 from types import ModuleType
 from typing import Optional, Tuple
 
 import torch
 from torch.autograd.function import once_differentiable
 
-logger = logging.getLogger(__name__)
+from megatron.core import kernels as core_kernels
 
-BACKENDS = ("auto", "kernel", "torch")
-"""Accepted `backend` arguments (and values of BACKEND_ENV)."""
-
-BACKEND_ENV = "MEGATRON_TOKEN_OPS_BACKEND"
-"""Environment variable read when `backend` is None (tests force "torch" or "kernel" with it)."""
-
-_CPU_MODULE = "megatron.core.random_ltd.token_ops_cpp"
-_CUDA_MODULE = "megatron.core.random_ltd.token_ops_cuda"
-_KERNEL_API = 1  # must equal KERNEL_API of the compiled modules (stale-build detection)
 _NO_VIEW = (0, 0, 0, 0)  # an absent row view: the kernel reads zeros
 
 # ----------------------------------------------------------------------------------------------
-# Kernel loading and dispatch
-
-
-def _import_kernels(name: str) -> Optional[ModuleType]:
-    try:
-        module = importlib.import_module(name)
-    except ImportError as exc:
-        logger.warning(
-            "random-LTD kernels %s are not importable (%s); using the torch reference. Build them "
-            "with `python setup.py build_ext --inplace` from the repository root.",
-            name,
-            exc,
-        )
-        return None
-    if getattr(module, "KERNEL_API", None) != _KERNEL_API:
-        logger.warning("%s is a stale build; using the torch reference. Rebuild it.", name)
-        return None
-    return module
+# Kernel adapters and dispatch
 
 
 class _CpuKernels:
@@ -117,62 +90,45 @@ class _CudaKernels:
         self.module.sort_rows(indices, out, batch, kept, *self._stream(device))
 
 
-@functools.lru_cache(maxsize=None)
-def _cpu_kernels() -> Optional[_CpuKernels]:
-    module = _import_kernels(_CPU_MODULE)
-    return _CpuKernels(module) if module is not None else None
+_EXTENSIONS = {"cpu": core_kernels.TOKEN_OPS_CPU, "cuda": core_kernels.TOKEN_OPS_CUDA}
+_ADAPTERS = {"cpu": _CpuKernels, "cuda": _CudaKernels}
+
+
+def extension_for(device) -> Optional[core_kernels.Extension]:
+    """The compiled extension that serves tensors on `device` (None: no kernel for that device
+    type, e.g. "meta"), whether or not it is built."""
+    return _EXTENSIONS.get(torch.device(device).type)
 
 
 @functools.lru_cache(maxsize=None)
-def _cuda_kernels() -> Optional[_CudaKernels]:
-    if torch.version.cuda is None:
-        return None  # a CPU-only torch has no CUDA tensors to run them on
-    module = _import_kernels(_CUDA_MODULE)
-    if module is None:
-        return None
-    try:
-        module.device_count()  # fails when the driver is too old for the toolkit it was built with
-    except RuntimeError as exc:
-        logger.warning("random-LTD CUDA kernels unusable (%s); using the torch reference.", exc)
-        return None
-    return _CudaKernels(module)
-
-
-def _resolve_backend(backend: Optional[str]) -> str:
-    name = backend if backend is not None else os.environ.get(BACKEND_ENV, "auto")
-    if name not in BACKENDS:
-        source = "backend" if backend is not None else f"${BACKEND_ENV}"
-        raise ValueError(f"{source} must be one of {BACKENDS}, got {name!r}")
-    return name
+def _adapter(device_type: str, module: ModuleType):
+    return _ADAPTERS[device_type](module)
 
 
 def _kernels_for(device: torch.device, backend: Optional[str]):
     """The kernel adapter to use for tensors on `device`, or None for the torch reference."""
-    name = _resolve_backend(backend)
-    if name == "torch":
+    ext = extension_for(device)
+    if ext is None:
+        if core_kernels.resolve_backend(backend) == "kernel":
+            raise core_kernels.KernelUnavailableError(
+                f"backend='kernel' requested but there is no random-LTD kernel for {device} "
+                "tensors (kernels exist for CPU and CUDA tensors); use backend='auto' / "
+                "'reference'"
+            )
         return None
-    kernels = {"cpu": _cpu_kernels, "cuda": _cuda_kernels}.get(device.type, lambda: None)()
-    if kernels is None and name == "kernel":
-        raise RuntimeError(
-            f"backend='kernel' requested but no random-LTD kernel is available for {device} "
-            f"tensors; build csrc/random_ltd (`python setup.py build_ext --inplace`, CUDA needs "
-            f"nvcc and a CUDA torch) or use backend='auto' / 'torch'"
-        )
-    return kernels
+    module = core_kernels.resolve(ext, backend)
+    return None if module is None else _adapter(device.type, module)
 
 
 def kernels_available(device) -> bool:
     """Whether compiled kernels exist for tensors on `device`, whatever the backend setting."""
-    loader = {"cpu": _cpu_kernels, "cuda": _cuda_kernels}.get(torch.device(device).type)
-    return loader is not None and loader() is not None
+    ext = extension_for(device)
+    return ext is not None and core_kernels.available(ext)
 
 
 def active_backend(device, backend: Optional[str] = None) -> str:
-    """Which implementation serves tensors on `device`: "cpp", "cuda" or "torch"."""
-    kernels = _kernels_for(torch.device(device), backend)
-    if kernels is None:
-        return "torch"
-    return "cuda" if isinstance(kernels, _CudaKernels) else "cpp"
+    """What serves tensors on `device` for `backend`: "kernel" or "reference"."""
+    return "reference" if _kernels_for(torch.device(device), backend) is None else "kernel"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -432,7 +388,7 @@ def token_gather(
         x: [s, b, *h] (batch_first False) or [b, s, *h], any dtype and strides.
         indices: integer [b, k], positions in [0, s).
         batch_first: layout of x and of the result.
-        backend: "auto", "kernel" or "torch"; None reads MEGATRON_TOKEN_OPS_BACKEND.
+        backend: "auto", "kernel" or "reference"; None reads MEGATRON_KERNEL_BACKEND.
 
     Returns:
         A new contiguous tensor y, [k, b, *h] with y[j, i] = x[indices[i, j], i] (or [b, k, *h]
@@ -461,7 +417,7 @@ def token_scatter(
         y: [k, b, *h] (or [b, k, *h]): the layer output for the kept tokens, same dtype as x.
         indices: integer [b, k], distinct positions in [0, s) within each row.
         batch_first: layout of x, y and the result.
-        backend: "auto", "kernel" or "torch"; None reads MEGATRON_TOKEN_OPS_BACKEND.
+        backend: "auto", "kernel" or "reference"; None reads MEGATRON_KERNEL_BACKEND.
 
     Returns:
         A new contiguous tensor shaped like x. Backward: x gets the gradient with the kept
@@ -490,7 +446,7 @@ def gather_attention_mask(
     Args:
         mask: [b or 1, heads, s, s] (True = masked for bool masks; any dtype), or None.
         indices: integer [b, k] kept positions, sorted ascending so a causal mask stays causal.
-        backend: "auto", "kernel" or "torch"; None reads MEGATRON_TOKEN_OPS_BACKEND.
+        backend: "auto", "kernel" or "reference"; None reads MEGATRON_KERNEL_BACKEND.
 
     Returns:
         [b, heads, k, k] with out[i, n, r, c] = mask[i or 0, n, indices[i, r], indices[i, c]], so
