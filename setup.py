@@ -27,7 +27,8 @@ SKIP_NATIVE = os.environ.get("MEGATRON_SKIP_NATIVE", "0") == "1"
 
 NO_COMPILER_HELP = (
     "Building the native dataset helpers in csrc/ needs a C++17 compiler, and {what}.\n"
-    "  Fix: install one (Debian/Ubuntu: `apt-get install g++`; conda: `conda install gxx_linux-64`)\n"
+    "  Fix: install one (Debian/Ubuntu: `apt-get install g++`; conda: `conda install "
+    "gxx_linux-64`)\n"
     "  and re-run `pip install -e .`; or set MEGATRON_SKIP_NATIVE=1 to install without them and\n"
     "  run on the slower pure-Python reference implementations."
 )

@@ -162,7 +162,7 @@ def _measure(rank, world_size, cfg, bubble_counts):
     single = _Layout(cfg, ParallelState.single(), gbs // mbs) if rank == 0 else None
     out = {name: [] for name in [*layouts, "single"]}
     out.update({("bubble", m): [] for m in bubble_counts})
-    for i in range(cfg["repeats"] + 1):  # round 0 is warm-up
+    for _ in range(cfg["repeats"] + 1):  # round 0 is warm-up
         for name, layout in layouts.items():
             dist.barrier()
             out[name].append(layout.step())

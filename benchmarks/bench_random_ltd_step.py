@@ -39,9 +39,9 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron.core.models import GPTModel  # noqa: E402
 from megatron.core.random_ltd.routing import RandomLTDState, default_layer_ids, kept_indices
 from megatron.core.random_ltd.token_ops import active_backend, token_gather, token_scatter
-from megatron.core.models import GPTModel  # noqa: E402
 from megatron.core.transformer import TransformerConfig  # noqa: E402
 from megatron.training.metrics import flops_per_token  # noqa: E402
 

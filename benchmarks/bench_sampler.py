@@ -1,4 +1,5 @@
-"""Curriculum sampler cost at the DeepSpeed Data Efficiency paper's scale (Pile, 10M+ samples): one JSON line per measurement.
+"""Curriculum sampler cost at the scale of the DeepSpeed Data Efficiency paper's runs (10M+
+samples): one JSON line per measurement.
 
 The GPT-3 data-efficiency run: a vocabulary-rarity metric with percentile difficulty 1 -> 100
 (fixed_root, degree 2) plus seqlen_truncate (single_cluster), global batch 512, over N samples
@@ -33,10 +34,10 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
-from megatron.core.deepspeed_config import load_deepspeed_config  # noqa: E402
 from megatron.core.curriculum.metric_data import SortedMetric
 from megatron.core.curriculum.sampler import CurriculumSampler  # noqa: E402
 from megatron.core.datasets.indexed_dataset import write_array_dataset  # noqa: E402
+from megatron.core.deepspeed_config import load_deepspeed_config  # noqa: E402
 
 
 def ds_config(total_step: int, sample_path: str = "dummy", metric_path: str = "dummy") -> dict:
@@ -101,7 +102,10 @@ def run_ours(args, values: np.ndarray) -> dict:
     cfg = load_deepspeed_config(ds_config(args.total_step)).data_efficiency
     common = {"samples": args.samples, "global_batch": args.global_batch, "clusters_metric": "voc"}
     metric, t_sort = timed(lambda: SortedMetric.from_values(values))
-    make = lambda: CurriculumSampler(cfg, args.samples, 4, 0, 1, args.global_batch, {"voc": metric})
+
+    def make():
+        return CurriculumSampler(cfg, args.samples, 4, 0, 1, args.global_batch, {"voc": metric})
+
     sampler, t_make = timed(make)
     emit("sampler_init", common, t_sort + t_make, "s")
     _, t_early = timed(lambda: [sampler.next_global_batch() for _ in range(args.steps)])

@@ -51,8 +51,8 @@ from megatron.core.curriculum.analysis import (
     run_reduce,
     shard_range,
 )
-from megatron.core.curriculum.scoring import make_sample_source  # noqa: E402
 from megatron.core.curriculum.metrics import CurriculumMetricsConfig, parse_metric_spec
+from megatron.core.curriculum.scoring import make_sample_source  # noqa: E402
 from megatron.core.datasets.builder import (  # noqa: E402
     build_train_valid_test_datasets,
     parse_data_path,

@@ -4,9 +4,9 @@
 The file is what `pretrain_gpt.py` / `pretrain_bert.py` read with `--deepspeed_config` (and what
 a DeepSpeed engine would read): the batch sizes, `gradient_clipping` and the `fp16` / `bf16`
 block Megatron-DeepSpeed's configs carry, plus the `data_efficiency` block. It replaces
-Megatron-DeepSpeed's JSON templates filled in by ~30 `sed` substitutions: every value has a named flag, the result is
-validated with the same strict parser training uses (`load_deepspeed_config`) before anything is
-written, the file is written atomically, and the tool prints where it wrote.
+Megatron-DeepSpeed's JSON templates filled in by ~30 `sed` substitutions: every value has a named
+flag, the result is validated with the same strict parser training uses (`load_deepspeed_config`)
+before anything is written, the file is written atomically, and the tool prints where it wrote.
 
 GPT-3 1.3B, curriculum learning (vocabulary rarity + sequence-length truncation) and random-LTD:
 

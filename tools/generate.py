@@ -5,7 +5,8 @@
         --max-new-tokens 60 --top-k 40 --temperature 0.8
 
 The architecture and the tokenizer are read from the checkpoint's stored arguments (the tokenizer
-files must still exist at the stored paths, or pass --vocab-file / --merge-file / --tokenizer-model).
+files must still exist at the stored paths, or pass --vocab-file / --merge-file /
+--tokenizer-model).
 Greedy decoding with --greedy; otherwise temperature sampling restricted by --top-k and/or --top-p.
 """
 

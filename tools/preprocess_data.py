@@ -35,9 +35,13 @@ import sys
 
 sys.path.append(os.path.abspath(os.path.join(os.path.dirname(__file__), os.path.pardir)))
 
-from megatron.core.datasets.indexed_dataset import IndexedDatasetError  # noqa: E402
 from megatron.core.datasets.bad_input import StrictModeError
-from megatron.core.datasets.preprocess import PreprocessStats, preprocess_files, preprocess_partitioned
+from megatron.core.datasets.indexed_dataset import IndexedDatasetError  # noqa: E402
+from megatron.core.datasets.preprocess import (
+    PreprocessStats,
+    preprocess_files,
+    preprocess_partitioned,
+)
 from megatron.core.datasets.preprocess_config import PreprocessConfig
 from megatron.core.datasets.token_counts import token_counts_path  # noqa: E402
 from megatron.tokenizer import TokenizerConfig, build_tokenizer  # noqa: E402

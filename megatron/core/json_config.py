@@ -23,7 +23,9 @@ class ConfigError(ValueError):
     """An invalid data-efficiency configuration; the message names the key path and the fix."""
 
 
-def json_field(default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING, json_key=True):
+def json_field(
+    default: Any = dataclasses.MISSING, factory: Any = dataclasses.MISSING, json_key=True
+):
     """A dataclass field; `json_key=False` keeps it out of the JSON (code-only fields)."""
     meta = {"json": json_key}
     if factory is not dataclasses.MISSING:

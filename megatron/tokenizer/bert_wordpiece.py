@@ -20,9 +20,9 @@ then the --vocab-extra-ids <extra_id_N> tokens; eod is [SEP]. Added tokens are n
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
-import functools
 import unicodedata
 from typing import Dict, List, Optional, Sequence, Tuple
 

@@ -260,7 +260,8 @@ def validate_run_config(run: RunConfig) -> None:
         and model.max_position_embeddings < model.seq_length
     ):
         raise ValueError(
-            f"--max-position-embeddings {model.max_position_embeddings} is smaller than --seq-length "
+            f"--max-position-embeddings {model.max_position_embeddings} is smaller than "
+            "--seq-length "
             f"{model.seq_length}; raise it or shorten the sequence"
         )
     if run.optimizer.fp16 and run.optimizer.bf16:
@@ -276,11 +277,13 @@ def validate_run_config(run: RunConfig) -> None:
         )
     if run.tokenizer is None and not d.mock_data:
         raise ValueError(
-            "--tokenizer-type is required (e.g. GPT2BPETokenizer with --vocab-file and --merge-file)"
+            "--tokenizer-type is required (e.g. GPT2BPETokenizer with --vocab-file and "
+            "--merge-file)"
         )
     if d.mock_data and run.tokenizer is None:
         raise ValueError(
-            "--mock-data needs a tokenizer for its vocabulary size: e.g. --tokenizer-type NullTokenizer --vocab-size 1024"
+            "--mock-data needs a tokenizer for its vocabulary size: e.g. --tokenizer-type "
+            "NullTokenizer --vocab-size 1024"
         )
     vpp = run.layout.virtual_pipeline_model_parallel_size
     if vpp and vpp > 1:
@@ -302,8 +305,10 @@ def _check_interleaved_micro_batches(tr: TrainingConfig, dp: int, pp: int) -> No
         m = gbs // (tr.micro_batch_size * dp)
         if m % pp:
             raise ValueError(
-                f"--num-layers-per-virtual-pipeline-stage (interleaved schedule) needs the number of "
-                f"micro-batches per step to be a multiple of --pipeline-model-parallel-size {pp}, but a "
+                "--num-layers-per-virtual-pipeline-stage (interleaved schedule) needs the number "
+                "of "
+                f"micro-batches per step to be a multiple of --pipeline-model-parallel-size {pp}, "
+                "but a "
                 f"global batch of {gbs} gives {m}; change --global-batch-size or --micro-batch-size"
             )
 
@@ -326,5 +331,6 @@ def _check_deepspeed_config(run: RunConfig) -> None:
         if isinstance(theirs, int) and theirs != ours:
             flag = "--global-batch-size" if key == "train_batch_size" else "--micro-batch-size"
             raise ValueError(
-                f"--deepspeed_config {path} sets {key} {theirs} but {flag} is {ours}; make them agree"
+                f"--deepspeed_config {path} sets {key} {theirs} but {flag} is {ours}; make them "
+                "agree"
             )

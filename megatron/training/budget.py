@@ -66,7 +66,8 @@ def schedule_spans(run: RunConfig, train_samples: int) -> Dict[str, Optional[int
         )
     if s.lr_warmup_tokens and decay_tokens and s.lr_warmup_tokens >= decay_tokens:
         raise ValueError(
-            f"--lr-warmup-tokens {s.lr_warmup_tokens} must be smaller than the token decay span {decay_tokens}"
+            f"--lr-warmup-tokens {s.lr_warmup_tokens} must be smaller than the token decay span "
+            f"{decay_tokens}"
         )
     return dict(
         warmup_steps=warmup,

@@ -37,8 +37,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from megatron.core.models.common import global_named_parameters, pad_vocab_size
-from megatron.core.models.common import WORD_EMBEDDINGS
+from megatron.core.models.common import WORD_EMBEDDINGS, global_named_parameters, pad_vocab_size
 from megatron.core.parallel_state import ParallelState, RankLayout
 from megatron.core.tensor_parallel.init import shard_of
 from megatron.core.transformer.config import TransformerConfig

@@ -133,8 +133,10 @@ def load_model_state_dict(
     unexpected = [k for k in sd if k not in params]
     if strict and (missing or unexpected):
         raise ValueError(
-            f"checkpoint does not match the model: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}; check --num-layers, "
+            "checkpoint does not match the model: missing "
+            f"{missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}; check "
+            "--num-layers, "
             "--hidden-size, the tokenizer (vocab size) and the parallel layout"
         )
     with torch.no_grad():
@@ -234,8 +236,10 @@ def find_checkpoint(root: str, pstate, step: Optional[int] = None) -> Optional[s
     path = checkpoint_file(root, iteration, pstate.tp_rank, pstate.pp_rank, pstate.pp_size, release)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"{path}: missing; the checkpoint at {root} (iteration {iteration}) has no file for TP rank "
-            f"{pstate.tp_rank}, PP rank {pstate.pp_rank}; it was probably saved with another parallel "
+            f"{path}: missing; the checkpoint at {root} (iteration {iteration}) has no file for TP "
+            "rank "
+            f"{pstate.tp_rank}, PP rank {pstate.pp_rank}; it was probably saved with another "
+            "parallel "
             "layout: convert it with tools/checkpoint_util.py"
         )
     return path

@@ -81,7 +81,8 @@ class TrainingConfig:
         ]
         if len(budgets) > 1 and not (self.train_tokens is not None and len(budgets) == 2):
             raise ValueError(
-                "give only one of --train-iters and --train-samples (--train-tokens may be combined "
+                "give only one of --train-iters and --train-samples (--train-tokens may be "
+                "combined "
                 "with either as an extra stop condition)"
             )
         if self.dataloader_type not in ("single", "cyclic"):
@@ -137,7 +138,8 @@ class SchedulerConfig:
             )
         if self.override_opt_param_scheduler and self.use_checkpoint_opt_param_scheduler:
             raise ValueError(
-                "--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler exclude each other"
+                "--override-opt_param-scheduler and --use-checkpoint-opt_param-scheduler exclude "
+                "each other"
             )
         if self.lr_warmup_fraction is not None and (self.lr_warmup_iters or self.lr_warmup_samples):
             raise ValueError("give --lr-warmup-fraction or --lr-warmup-iters/samples, not both")

@@ -14,8 +14,8 @@ what the loop needs at step k (the 1-based iteration):
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import os
 from typing import Any, Dict, Iterator, Optional, Tuple
 
@@ -89,7 +89,8 @@ class DataEfficiency:
         ltd = self.ltd
         if ltd.total_layer_num is not None and ltd.total_layer_num != self.num_layers:
             raise ValueError(
-                f"data_routing.random_ltd.total_layer_num is {ltd.total_layer_num} but --num-layers is "
+                f"data_routing.random_ltd.total_layer_num is {ltd.total_layer_num} but "
+                "--num-layers is "
                 f"{self.num_layers}; make them equal"
             )
         self.ltd_layers = check_random_ltd_config(
@@ -106,7 +107,8 @@ class DataEfficiency:
             raise ValueError("data_routing.random_ltd needs a random_ltd_schedule block")
         if ltd.random_ltd_schedule.max_value > self.seq_length:
             logger.warning(
-                "random_ltd_schedule.max_value %d exceeds --seq-length %d: K is capped at the length",
+                "random_ltd_schedule.max_value %d exceeds --seq-length %d: K is capped at the "
+                "length",
                 ltd.random_ltd_schedule.max_value,
                 self.seq_length,
             )
@@ -271,9 +273,11 @@ class DataEfficiency:
             canonical = lambda d: json.dumps(d, sort_keys=True, default=str)  # noqa: E731
             if theirs is not None and canonical(theirs) != canonical(ours):
                 raise ValueError(
-                    f"curriculum metric {name}: {path} was analysed on another dataset than this run's "
+                    f"curriculum metric {name}: {path} was analysed on another dataset than this "
+                    "run's "
                     f"training split ({info_path} records {theirs}, this run has {ours}); re-run "
-                    "tools/analyze_data.py with the training run's --data-path, --split, --seq-length, "
+                    "tools/analyze_data.py with the training run's --data-path, --split, "
+                    "--seq-length, "
                     "--seed and sample count"
                 )
 
@@ -310,7 +314,8 @@ def _batch_length(batch: Dict, model_type: str) -> int:
 
 
 def build_data_efficiency(run, model_type: str, pstate) -> DataEfficiency:
-    """From the run's flags: --deepspeed_config, --data-efficiency-curriculum-learning, --random-ltd."""
+    """From the run's flags: --deepspeed_config, --data-efficiency-curriculum-learning,
+    --random-ltd."""
     de_flags = run.data_efficiency
     ds = load_deepspeed_config(de_flags.deepspeed_config) if de_flags.deepspeed_config else None
     obj = DataEfficiency(
@@ -331,7 +336,8 @@ def build_data_efficiency(run, model_type: str, pstate) -> DataEfficiency:
         )
     if de_flags.random_ltd and obj.ltd is None:
         raise ValueError(
-            "--random-ltd needs --deepspeed_config with data_efficiency.data_routing.random_ltd enabled"
+            "--random-ltd needs --deepspeed_config with data_efficiency.data_routing.random_ltd "
+            "enabled"
         )
     if obj.ltd is not None and not de_flags.random_ltd:
         logger.info("random-LTD is enabled by --deepspeed_config (--random-ltd not given)")

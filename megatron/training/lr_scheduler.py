@@ -63,7 +63,8 @@ class OptimizerParamScheduler:
         self.warmup_layer_tokens, self.decay_layer_tokens = warmup_layer_tokens, decay_layer_tokens
         if decay_steps and self.warmup_steps >= decay_steps and decay_style != "constant":
             raise ValueError(
-                f"warmup ({self.warmup_steps} samples) must be shorter than decay ({decay_steps} samples)"
+                f"warmup ({self.warmup_steps} samples) must be shorter than decay ({decay_steps} "
+                "samples)"
             )
         self.num_steps = 0  # samples consumed
         self.num_tokens = 0  # tokens consumed
@@ -158,9 +159,12 @@ class OptimizerParamScheduler:
                     setattr(self, k, sd[k])
                 elif sd.get(k) != getattr(self, k):
                     raise ValueError(
-                        f"learning-rate schedule value {k} is {getattr(self, k)} on the command line but "
-                        f"{sd.get(k)} in the checkpoint; pass --use-checkpoint-opt_param-scheduler to "
-                        "take the checkpoint's or --override-opt_param-scheduler to take the new one"
+                        f"learning-rate schedule value {k} is {getattr(self, k)} on the command "
+                        "line but "
+                        f"{sd.get(k)} in the checkpoint; pass --use-checkpoint-opt_param-scheduler "
+                        "to "
+                        "take the checkpoint's or --override-opt_param-scheduler to take the new "
+                        "one"
                     )
         self.num_steps, self.num_tokens, self.num_layer_tokens = 0, 0, 0
         self.step(sd["num_steps"], sd.get("num_tokens", 0), sd.get("num_layer_tokens", 0))

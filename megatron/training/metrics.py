@@ -188,7 +188,9 @@ class IterationLogger:
         for k, v in report.items():
             self.reports[k] = self.reports.get(k, 0.0) + v
 
-    def log(self, state: Any, lr: float, gbs: int, loss_scale: float, grad_norm, extra: Dict) -> None:
+    def log(
+        self, state: Any, lr: float, gbs: int, loss_scale: float, grad_norm, extra: Dict
+    ) -> None:
         """Write the line for iteration `state.iteration` and start a new interval.
 
         Args:

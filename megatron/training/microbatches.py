@@ -44,7 +44,8 @@ class MicroBatchCalculator:
                 )
             if (global_batch_size - start) % incr or start > global_batch_size or incr <= 0:
                 raise ValueError(
-                    f"--rampup-batch-size: {global_batch_size} - start {start} must be a non-negative "
+                    f"--rampup-batch-size: {global_batch_size} - start {start} must be a "
+                    "non-negative "
                     f"multiple of the increment {incr}"
                 )
             steps = (global_batch_size - start) // incr

@@ -531,7 +531,11 @@ def _build_loaders(ctx: TrainingContext, st: TrainState, datasets_provider, n_tr
     if train_ds is not None and de.curriculum is not None:
         vocab = rt.tokenizer.vocab_size
         sampler = de.build_sampler(
-            train_ds, run.training.micro_batch_size, rt.pstate.dp_size, ctx.calc.global_batch_at, vocab
+            train_ds,
+            run.training.micro_batch_size,
+            rt.pstate.dp_size,
+            ctx.calc.global_batch_at,
+            vocab,
         )
         de.load_state_dict(de_state, st.iteration)
     cyclic = run.training.dataloader_type == "cyclic"

@@ -117,7 +117,7 @@ def _collect(procs, results, deadline: float, name) -> Dict[int, Any]:
                 raise RuntimeError(
                     f"rank {dead[0]} died with exit code {procs[dead[0]].exitcode} "
                     "without reporting a result"
-                )
+                ) from None
             continue
         if status == "error":
             _raise_errors({rank: payload}, len(procs), results)

@@ -22,8 +22,8 @@ import pytest
 import torch
 
 from megatron.core.parallel_state import ParallelState, RankLayout
-from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator, pipeline_tensor_shape
 from megatron.core.pipeline_parallel.interleaved import InterleavedOrder
+from megatron.core.pipeline_parallel.p2p_communication import P2PCommunicator, pipeline_tensor_shape
 from megatron.core.pipeline_parallel.pipeline_run import replicate_data_iterator
 from megatron.core.pipeline_parallel.schedules import (
     broadcast_from_last_stage,
@@ -485,8 +485,9 @@ def _p2p_checks(pstate):
     comm = P2PCommunicator(pstate)
     r, peer = pstate.pp_rank, 1 - pstate.pp_rank
     for dtype in (torch.float32, torch.bfloat16):
-        act, grad = torch.full((2, 3), 10.0 + r, dtype=dtype), torch.full(
-            (2, 3), 20.0 + r, dtype=dtype
+        act, grad = (
+            torch.full((2, 3), 10.0 + r, dtype=dtype),
+            torch.full((2, 3), 20.0 + r, dtype=dtype),
         )
         from_prev, from_next = comm.exchange(act, grad, True, True, (2, 3), dtype)
         assert from_prev.dtype == dtype and from_prev.eq(10.0 + peer).all()
@@ -541,9 +542,9 @@ def _pipeline_body(rank, world_size, kind, tp, pp, vpp, cfg_kw, calls, check_p2p
         logged = broadcast_from_last_stage(
             {"lm loss": float(reports[0]["lm loss"])} if last else None, pstate
         )
-        assert logged == {
-            "lm loss": pytest.approx(float(ref_reports[0]["lm loss"]), rel=1e-5)
-        }, where
+        assert logged == {"lm loss": pytest.approx(float(ref_reports[0]["lm loss"]), rel=1e-5)}, (
+            where
+        )
         if forward_only:
             assert all(p.grad is None for c in chunks for p in c.parameters()), where
             continue

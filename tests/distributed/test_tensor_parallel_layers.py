@@ -174,9 +174,9 @@ def _rng_streams(r, n):
     with tracker.fork():
         a2 = torch.rand(8)
     sharded, default = _gather(a1, n), _gather(d, n)
-    assert not torch.equal(
-        sharded[0], sharded[1]
-    ), "model-parallel stream must differ across TP ranks"
+    assert not torch.equal(sharded[0], sharded[1]), (
+        "model-parallel stream must differ across TP ranks"
+    )
     assert torch.equal(default[0], default[1]), "default stream must agree across TP ranks"
     # fork() neither disturbed the default stream nor restarted its own.
     assert torch.equal(d, torch.rand(8, generator=torch.Generator().manual_seed(123)))

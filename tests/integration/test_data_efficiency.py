@@ -1,7 +1,6 @@
 """Curriculum learning and random-LTD through pretrain_gpt / pretrain_bert: schedules in the log,
 exact resume, token accounting, pipeline parallelism with a changing sequence length."""
 
-import copy
 import json
 
 import numpy as np
@@ -18,35 +17,73 @@ VOCAB = 97
 SEQ = 32
 
 
-def _metric(name, kind, lo, hi, total, step, schedule="fixed_linear", diff_type="value", path="dummy"):
+def _metric(
+    name, kind, lo, hi, total, step, schedule="fixed_linear", diff_type="value", path="dummy"
+):
     cfg = {"total_curriculum_step": total, "difficulty_step": step}
     if schedule == "fixed_root":
         cfg["root_degree"] = 2
     return {
-        "index_to_sample_path": path, "index_to_metric_path": "dummy", "difficulty_type": diff_type,
-        "clustering_type": kind, "min_difficulty": lo, "max_difficulty": hi, "schedule_type": schedule,
+        "index_to_sample_path": path,
+        "index_to_metric_path": "dummy",
+        "difficulty_type": diff_type,
+        "clustering_type": kind,
+        "min_difficulty": lo,
+        "max_difficulty": hi,
+        "schedule_type": schedule,
         "schedule_config": cfg,
     }
 
 
-def ds_config(tmp_path, curriculum=True, ltd=True, layers=4, seq=SEQ, model_type="decoder", metrics=None):
+def ds_config(
+    tmp_path, curriculum=True, ltd=True, layers=4, seq=SEQ, model_type="decoder", metrics=None
+):
     metrics = metrics or {
-        "voc": _metric("voc", "schedule_based", 1, 100, 6, 1, "fixed_root", "percentile",
-                       path=str(tmp_path / "vocab_rarity_index_to_sample_percentile_merged")),
+        "voc": _metric(
+            "voc",
+            "schedule_based",
+            1,
+            100,
+            6,
+            1,
+            "fixed_root",
+            "percentile",
+            path=str(tmp_path / "vocab_rarity_index_to_sample_percentile_merged"),
+        ),
         "seqlen_truncate": _metric("seqlen_truncate", "single_cluster", 8, seq, 6, 8),
     }
     cfg = {
         "train_batch_size": 8,
         "data_efficiency": {
-            "enabled": True, "seed": 1234,
-            "data_routing": {"enabled": ltd, "random_ltd": {
-                "enabled": ltd, "total_layer_num": layers, "random_ltd_layer_num": layers - 2,
-                "random_ltd_layer_id": list(range(1, layers - 1)), "model_mask_name": "attention_mask",
-                "model_type": model_type, "hidden_state_order": "seq_batch_dim",
-                "random_ltd_schedule": {"min_value": 8, "max_value": seq, "schedule_type": "fixed_linear",
-                                        "schedule_config": {"require_steps": 6, "seq_per_step": 8}}}},
-            "data_sampling": {"enabled": curriculum, "num_workers": 0, "curriculum_learning": {
-                "enabled": curriculum, "data_cluster_path": str(tmp_path), "curriculum_metrics": metrics}},
+            "enabled": True,
+            "seed": 1234,
+            "data_routing": {
+                "enabled": ltd,
+                "random_ltd": {
+                    "enabled": ltd,
+                    "total_layer_num": layers,
+                    "random_ltd_layer_num": layers - 2,
+                    "random_ltd_layer_id": list(range(1, layers - 1)),
+                    "model_mask_name": "attention_mask",
+                    "model_type": model_type,
+                    "hidden_state_order": "seq_batch_dim",
+                    "random_ltd_schedule": {
+                        "min_value": 8,
+                        "max_value": seq,
+                        "schedule_type": "fixed_linear",
+                        "schedule_config": {"require_steps": 6, "seq_per_step": 8},
+                    },
+                },
+            },
+            "data_sampling": {
+                "enabled": curriculum,
+                "num_workers": 0,
+                "curriculum_learning": {
+                    "enabled": curriculum,
+                    "data_cluster_path": str(tmp_path),
+                    "curriculum_metrics": metrics,
+                },
+            },
         },
     }
     path = tmp_path / "ds_config.json"
@@ -77,25 +114,76 @@ def gpt_data(tmp_path_factory):
 
 def gpt_args(data, extra=()):
     return [
-        "--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", str(SEQ),
-        "--micro-batch-size", "2", "--global-batch-size", "8", "--lr", "2e-3", "--lr-decay-style", "cosine",
-        "--data-path", data, "--split", "90,10,0", "--tokenizer-type", "NullTokenizer", "--vocab-size", str(VOCAB - 1),
-        "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1", "--num-workers", "0",
-        "--hidden-dropout", "0.1", "--attention-dropout", "0.1", "--seed", "3", *extra,
+        "--num-layers",
+        "4",
+        "--hidden-size",
+        "32",
+        "--num-attention-heads",
+        "4",
+        "--seq-length",
+        str(SEQ),
+        "--micro-batch-size",
+        "2",
+        "--global-batch-size",
+        "8",
+        "--lr",
+        "2e-3",
+        "--lr-decay-style",
+        "cosine",
+        "--data-path",
+        data,
+        "--split",
+        "90,10,0",
+        "--tokenizer-type",
+        "NullTokenizer",
+        "--vocab-size",
+        str(VOCAB - 1),
+        "--log-interval",
+        "1",
+        "--eval-interval",
+        "1000",
+        "--eval-iters",
+        "1",
+        "--num-workers",
+        "0",
+        "--hidden-dropout",
+        "0.1",
+        "--attention-dropout",
+        "0.1",
+        "--seed",
+        "3",
+        *extra,
     ]
 
 
 def run_gpt(argv):
     history = []
-    st = pretrain(pretrain_gpt.datasets_provider, pretrain_gpt.model_provider, pretrain_gpt.forward_step,
-                  argv=argv, history=history)
+    st = pretrain(
+        pretrain_gpt.datasets_provider,
+        pretrain_gpt.model_provider,
+        pretrain_gpt.forward_step,
+        argv=argv,
+        history=history,
+    )
     return st, history
 
 
 def test_gpt_curriculum_and_random_ltd_schedules(tmp_path, gpt_data):
     cfg = ds_config(tmp_path)
-    st, hist = run_gpt(gpt_args(gpt_data, ["--train-iters", "8", "--deepspeed", "--deepspeed_config", cfg,
-                                            "--data-efficiency-curriculum-learning", "--random-ltd"]))
+    st, hist = run_gpt(
+        gpt_args(
+            gpt_data,
+            [
+                "--train-iters",
+                "8",
+                "--deepspeed",
+                "--deepspeed_config",
+                cfg,
+                "--data-efficiency-curriculum-learning",
+                "--random-ltd",
+            ],
+        )
+    )
     seqlens = [h["curriculum seqlen"] for h in hist]
     difficulty = [h["difficulty voc"] for h in hist]
     kept = [h["random-LTD kept tokens"] for h in hist]
@@ -116,7 +204,9 @@ def test_gpt_curriculum_exact_resume(tmp_path, gpt_data):
     _, resumed = run_gpt(gpt_args(gpt_data, de + ["--load", ckpt]))
     assert [h["iteration"] for h in resumed] == [4, 5, 6]
     assert [h["lm loss"] for h in resumed] == [h["lm loss"] for h in straight[3:]]
-    assert [h["curriculum seqlen"] for h in resumed] == [h["curriculum seqlen"] for h in straight[3:]]
+    assert [h["curriculum seqlen"] for h in resumed] == [
+        h["curriculum seqlen"] for h in straight[3:]
+    ]
 
 
 def test_unknown_key_in_deepspeed_config_fails_fast(tmp_path, gpt_data, capsys):
@@ -134,7 +224,9 @@ def test_unknown_key_in_deepspeed_config_fails_fast(tmp_path, gpt_data, capsys):
 def test_random_ltd_flag_without_config_block_is_an_error(tmp_path, gpt_data):
     cfg = ds_config(tmp_path, ltd=False)
     with pytest.raises(ValueError, match="--random-ltd needs"):
-        run_gpt(gpt_args(gpt_data, ["--train-iters", "2", "--deepspeed_config", cfg, "--random-ltd"]))
+        run_gpt(
+            gpt_args(gpt_data, ["--train-iters", "2", "--deepspeed_config", cfg, "--random-ltd"])
+        )
 
 
 def _pp_body(rank, world_size, argv):
@@ -148,8 +240,19 @@ def _pp_body(rank, world_size, argv):
 @pytest.mark.slow
 def test_pipeline_parallel_with_changing_sequence_length(tmp_path, gpt_data):
     cfg = ds_config(tmp_path)
-    argv = gpt_args(gpt_data, ["--train-iters", "5", "--deepspeed_config", cfg, "--hidden-dropout", "0",
-                               "--attention-dropout", "0"])
+    argv = gpt_args(
+        gpt_data,
+        [
+            "--train-iters",
+            "5",
+            "--deepspeed_config",
+            cfg,
+            "--hidden-dropout",
+            "0",
+            "--attention-dropout",
+            "0",
+        ],
+    )
     single = run_distributed(_pp_body, 1, argv, timeout=300)[0]
     pp = run_distributed(_pp_body, 2, argv + ["--pipeline-model-parallel-size", "2"], timeout=300)
     assert pp[0] == pp[1]  # both stages log the last stage's loss
@@ -160,40 +263,87 @@ def test_pipeline_parallel_with_changing_sequence_length(tmp_path, gpt_data):
 
 @pytest.fixture(scope="module")
 def bert_data(tmp_path_factory, tokenizer_dir):
+    import functools
+
     from megatron.core.datasets.preprocess import preprocess_files
     from megatron.core.datasets.preprocess_config import PreprocessConfig
     from megatron.tokenizer import TokenizerConfig, build_tokenizer, split_sentences
     from tools.austen_to_jsonl import write_jsonl
-    import functools
 
     d = tmp_path_factory.mktemp("bert_data")
     full = d / "austen.jsonl"
     write_jsonl(str(full))
     small = d / "small.jsonl"
     small.write_text("".join(open(full).readlines()[:12]))
-    tok = TokenizerConfig("BertWordPieceLowerCase", vocab_file=str(tokenizer_dir / "bert-base-uncased-vocab.txt"))
-    preprocess_files([str(small)], str(d / "austen"), functools.partial(build_tokenizer, tok),
-                     PreprocessConfig(split_sentences=True), sentence_splitter=split_sentences)
+    tok = TokenizerConfig(
+        "BertWordPieceLowerCase", vocab_file=str(tokenizer_dir / "bert-base-uncased-vocab.txt")
+    )
+    preprocess_files(
+        [str(small)],
+        str(d / "austen"),
+        functools.partial(build_tokenizer, tok),
+        PreprocessConfig(split_sentences=True),
+        sentence_splitter=split_sentences,
+    )
     return str(d / "austen_text_sentence"), str(tokenizer_dir / "bert-base-uncased-vocab.txt")
 
 
 def test_bert_curriculum_and_random_ltd(tmp_path, bert_data):
     prefix, vocab = bert_data
     metrics = {
-        "vocab_rarity": _metric("vocab_rarity", "schedule_based", 1, 100, 5, 1, "fixed_root", "percentile"),
+        "vocab_rarity": _metric(
+            "vocab_rarity", "schedule_based", 1, 100, 5, 1, "fixed_root", "percentile"
+        ),
         "seqlen_truncate": _metric("seqlen_truncate", "single_cluster", 16, 64, 5, 8),
     }
     cfg = ds_config(tmp_path, layers=4, seq=64, model_type="encoder", metrics=metrics)
     history = []
     argv = [
-        "--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "64",
-        "--micro-batch-size", "4", "--global-batch-size", "8", "--train-iters", "6", "--lr", "1e-3",
-        "--data-path", prefix, "--split", "90,10,0", "--tokenizer-type", "BertWordPieceLowerCase",
-        "--vocab-file", vocab, "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1",
-        "--num-workers", "0", "--deepspeed_config", cfg, "--random-ltd", "--data-efficiency-curriculum-learning",
+        "--num-layers",
+        "4",
+        "--hidden-size",
+        "32",
+        "--num-attention-heads",
+        "4",
+        "--seq-length",
+        "64",
+        "--micro-batch-size",
+        "4",
+        "--global-batch-size",
+        "8",
+        "--train-iters",
+        "6",
+        "--lr",
+        "1e-3",
+        "--data-path",
+        prefix,
+        "--split",
+        "90,10,0",
+        "--tokenizer-type",
+        "BertWordPieceLowerCase",
+        "--vocab-file",
+        vocab,
+        "--log-interval",
+        "1",
+        "--eval-interval",
+        "1000",
+        "--eval-iters",
+        "1",
+        "--num-workers",
+        "0",
+        "--deepspeed_config",
+        cfg,
+        "--random-ltd",
+        "--data-efficiency-curriculum-learning",
     ]
-    pretrain(pretrain_bert.datasets_provider, pretrain_bert.model_provider, pretrain_bert.forward_step,
-             argv=argv, model_type="bert", history=history)
+    pretrain(
+        pretrain_bert.datasets_provider,
+        pretrain_bert.model_provider,
+        pretrain_bert.forward_step,
+        argv=argv,
+        model_type="bert",
+        history=history,
+    )
     seqlens = [h["curriculum seqlen"] for h in history]
     assert seqlens[0] == 24 and seqlens[-1] == 64 and seqlens == sorted(seqlens)  # 16 + 48/5 -> 24
     assert all(s % 8 == 0 for s in seqlens)
@@ -204,10 +354,30 @@ def _analyze(gpt_data, save, seed, samples):
     import subprocess
     import sys
 
-    cmd = [sys.executable, "tools/analyze_data.py", "--metric", "vocab_rarity", "--save", str(save),
-           "--dataset-type", "GPT", "--data-path", gpt_data, "--split", "90,10,0", "--seq-length", str(SEQ),
-           "--seed", str(seed), "--train-samples", str(samples), "--tokenizer-type", "NullTokenizer",
-           "--vocab-size", str(VOCAB - 1)]
+    cmd = [
+        sys.executable,
+        "tools/analyze_data.py",
+        "--metric",
+        "vocab_rarity",
+        "--save",
+        str(save),
+        "--dataset-type",
+        "GPT",
+        "--data-path",
+        gpt_data,
+        "--split",
+        "90,10,0",
+        "--seq-length",
+        str(SEQ),
+        "--seed",
+        str(seed),
+        "--train-samples",
+        str(samples),
+        "--tokenizer-type",
+        "NullTokenizer",
+        "--vocab-size",
+        str(VOCAB - 1),
+    ]
     subprocess.run(cmd, check=True, capture_output=True, text=True)
     return str(save / "vocab_rarity" / "vocab_rarity_index_to_sample_percentile_merged")
 
@@ -230,10 +400,15 @@ def test_layer_token_lr_schedule_with_bf16(tmp_path, gpt_data):
     cfg = json.loads(open(path).read())
     warmup = 10**6
     cfg["data_efficiency"]["data_routing"]["random_ltd"]["layer_token_lr_schedule"] = {
-        "enabled": True, "total_layer_tokens": 10 * warmup, "warmup_type": "linear", "warmup_layer_tokens": warmup,
+        "enabled": True,
+        "total_layer_tokens": 10 * warmup,
+        "warmup_type": "linear",
+        "warmup_layer_tokens": warmup,
     }
     open(path, "w").write(json.dumps(cfg))
-    _, hist = run_gpt(gpt_args(gpt_data, ["--train-iters", "4", "--deepspeed_config", path, "--bf16"]))
+    _, hist = run_gpt(
+        gpt_args(gpt_data, ["--train-iters", "4", "--deepspeed_config", path, "--bf16"])
+    )
     layer_tokens = 0
     for h in hist:  # lr after step k = 2e-3 * (layer-tokens consumed so far) / warmup
         k = h["random-LTD kept tokens"]
@@ -247,8 +422,14 @@ def _bert_body(rank, world_size, argv):
 
     torch.set_num_threads(1)
     history = []
-    pretrain(pretrain_bert.datasets_provider, pretrain_bert.model_provider, pretrain_bert.forward_step,
-             argv=argv, model_type="bert", history=history)
+    pretrain(
+        pretrain_bert.datasets_provider,
+        pretrain_bert.model_provider,
+        pretrain_bert.forward_step,
+        argv=argv,
+        model_type="bert",
+        history=history,
+    )
     return [(h["lm loss"], h["curriculum seqlen"]) for h in history]
 
 
@@ -258,11 +439,44 @@ def test_bert_curriculum_under_pipeline_parallelism(tmp_path, bert_data):
     metrics = {"seqlen_truncate": _metric("seqlen_truncate", "single_cluster", 16, 64, 4, 8)}
     cfg = ds_config(tmp_path, ltd=True, layers=4, seq=64, model_type="encoder", metrics=metrics)
     argv = [
-        "--num-layers", "4", "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "64",
-        "--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", "4", "--lr", "1e-3",
-        "--data-path", prefix, "--split", "90,10,0", "--tokenizer-type", "BertWordPieceLowerCase",
-        "--vocab-file", vocab, "--log-interval", "1", "--eval-interval", "1000", "--eval-iters", "1",
-        "--num-workers", "0", "--deepspeed_config", cfg, "--hidden-dropout", "0", "--attention-dropout", "0",
+        "--num-layers",
+        "4",
+        "--hidden-size",
+        "32",
+        "--num-attention-heads",
+        "4",
+        "--seq-length",
+        "64",
+        "--micro-batch-size",
+        "2",
+        "--global-batch-size",
+        "8",
+        "--train-iters",
+        "4",
+        "--lr",
+        "1e-3",
+        "--data-path",
+        prefix,
+        "--split",
+        "90,10,0",
+        "--tokenizer-type",
+        "BertWordPieceLowerCase",
+        "--vocab-file",
+        vocab,
+        "--log-interval",
+        "1",
+        "--eval-interval",
+        "1000",
+        "--eval-iters",
+        "1",
+        "--num-workers",
+        "0",
+        "--deepspeed_config",
+        cfg,
+        "--hidden-dropout",
+        "0",
+        "--attention-dropout",
+        "0",
     ]
     single = run_distributed(_bert_body, 1, argv, timeout=300)[0]
     pp = run_distributed(_bert_body, 2, argv + ["--pipeline-model-parallel-size", "2"], timeout=300)

@@ -26,7 +26,6 @@ What is compared, and why it is sound:
 
 from __future__ import annotations
 
-import functools
 import json
 from typing import Dict, List
 
@@ -35,10 +34,10 @@ import pytest
 
 import pretrain_bert
 import pretrain_gpt
-from megatron.core.random_ltd.routing import kept_indices
 from megatron.core.datasets.bert_dataset import BertDataset, BertDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 from megatron.core.datasets.token_counts import save_token_counts
+from megatron.core.random_ltd.routing import kept_indices
 from megatron.training.data import build_datasets, core_dataset_kwargs
 from megatron.training.training import pretrain
 from tests.distributed.launcher import run_distributed
@@ -95,95 +94,185 @@ def write_ds_config(path, curriculum=True, ltd=True, seq=SEQ, model_type="decode
     step: K < seqlen until K reaches seq at step 5)."""
     de = {"enabled": True, "seed": 1234}
     if ltd:
-        de["data_routing"] = {"enabled": True, "random_ltd": {
-            "enabled": True, "total_layer_num": LAYERS, "random_ltd_layer_num": LAYERS - 2,
-            "random_ltd_layer_id": list(range(1, LAYERS - 1)), "model_type": model_type,
-            "random_ltd_schedule": {
-                "min_value": 8, "max_value": seq, "schedule_type": "fixed_linear",
-                "schedule_config": {"require_steps": 4, "seq_per_step": 8}}}}
+        de["data_routing"] = {
+            "enabled": True,
+            "random_ltd": {
+                "enabled": True,
+                "total_layer_num": LAYERS,
+                "random_ltd_layer_num": LAYERS - 2,
+                "random_ltd_layer_id": list(range(1, LAYERS - 1)),
+                "model_type": model_type,
+                "random_ltd_schedule": {
+                    "min_value": 8,
+                    "max_value": seq,
+                    "schedule_type": "fixed_linear",
+                    "schedule_config": {"require_steps": 4, "seq_per_step": 8},
+                },
+            },
+        }
     if curriculum:
-        de["data_sampling"] = {"enabled": True, "curriculum_learning": {
-            "enabled": True, "curriculum_metrics": {
-                "vocab_rarity": {"difficulty_type": "percentile", "min_difficulty": 1,
-                                 "max_difficulty": 100, "schedule_type": "fixed_root",
-                                 "schedule_config": {"total_curriculum_step": 4, "root_degree": 2}},
-                "seqlen_truncate": {"clustering_type": "single_cluster", "min_difficulty": 16,
-                                    "max_difficulty": seq,
-                                    "schedule_config": {"total_curriculum_step": 4,
-                                                        "difficulty_step": 8}}}}}
+        de["data_sampling"] = {
+            "enabled": True,
+            "curriculum_learning": {
+                "enabled": True,
+                "curriculum_metrics": {
+                    "vocab_rarity": {
+                        "difficulty_type": "percentile",
+                        "min_difficulty": 1,
+                        "max_difficulty": 100,
+                        "schedule_type": "fixed_root",
+                        "schedule_config": {"total_curriculum_step": 4, "root_degree": 2},
+                    },
+                    "seqlen_truncate": {
+                        "clustering_type": "single_cluster",
+                        "min_difficulty": 16,
+                        "max_difficulty": seq,
+                        "schedule_config": {"total_curriculum_step": 4, "difficulty_step": 8},
+                    },
+                },
+            },
+        }
     path.write_text(json.dumps({"train_batch_size": 8, "data_efficiency": de}))
     return str(path)
 
 
 def common_args(ds_config: str, iters: int = ITERS) -> List[str]:
     return [
-        "--num-layers", str(LAYERS), "--hidden-size", "32", "--num-attention-heads", "4",
-        "--micro-batch-size", "2", "--global-batch-size", "8", "--train-iters", str(iters),
-        "--lr", "2e-3", "--lr-decay-style", "cosine", "--split", "90,10,0",
+        "--num-layers",
+        str(LAYERS),
+        "--hidden-size",
+        "32",
+        "--num-attention-heads",
+        "4",
+        "--micro-batch-size",
+        "2",
+        "--global-batch-size",
+        "8",
+        "--train-iters",
+        str(iters),
+        "--lr",
+        "2e-3",
+        "--lr-decay-style",
+        "cosine",
+        "--split",
+        "90,10,0",
         # the same padded vocabulary at TP 1 and TP 2 (the default 128 x TP would differ)
-        "--make-vocab-size-divisible-by", "32",
-        "--hidden-dropout", "0", "--attention-dropout", "0", "--seed", "3",
-        "--log-interval", "100", "--eval-iters", "0", "--num-workers", "0",
-        "--deepspeed_config", ds_config,
+        "--make-vocab-size-divisible-by",
+        "32",
+        "--hidden-dropout",
+        "0",
+        "--attention-dropout",
+        "0",
+        "--seed",
+        "3",
+        "--log-interval",
+        "100",
+        "--eval-iters",
+        "0",
+        "--num-workers",
+        "0",
+        "--deepspeed_config",
+        ds_config,
     ]
 
 
 def gpt_args(data: str, ds_config: str, iters: int = ITERS) -> List[str]:
     return common_args(ds_config, iters) + [
-        "--seq-length", str(SEQ), "--data-path", data, "--tokenizer-type", "NullTokenizer",
-        "--vocab-size", str(VOCAB - 1),
+        "--seq-length",
+        str(SEQ),
+        "--data-path",
+        data,
+        "--tokenizer-type",
+        "NullTokenizer",
+        "--vocab-size",
+        str(VOCAB - 1),
     ]
 
 
 def bert_args(data: str, ds_config: str) -> List[str]:
     return common_args(ds_config) + [
-        "--seq-length", "64", "--data-path", data, "--tokenizer-type", "NullTokenizer",
-        "--vocab-size", str(BERT_VOCAB),
+        "--seq-length",
+        "64",
+        "--data-path",
+        data,
+        "--tokenizer-type",
+        "NullTokenizer",
+        "--vocab-size",
+        str(BERT_VOCAB),
     ]
 
 
 def bert_datasets_provider(run, rt, num_samples):
     """pretrain_bert's provider with explicit special ids (a NullTokenizer has none)."""
     config = BertDatasetConfig(
-        **core_dataset_kwargs(run), masking_probability=0.15, short_sequence_probability=0.1,
-        classification_head=True, binary_head_type="sop", cls_id=CLS, sep_id=SEP, mask_id=MASK,
-        pad_id=PAD, vocab_size=BERT_VOCAB,
+        **core_dataset_kwargs(run),
+        masking_probability=0.15,
+        short_sequence_probability=0.1,
+        classification_head=True,
+        binary_head_type="sop",
+        cls_id=CLS,
+        sep_id=SEP,
+        mask_id=MASK,
+        pad_id=PAD,
+        vocab_size=BERT_VOCAB,
     )
     return build_datasets(BertDataset, config, num_samples)
 
 
 # ---- one run in N processes ----------------------------------------------------------------
-_LOGGED = ("iteration", "lm loss", "curriculum seqlen", "difficulty vocab_rarity",
-           "random-LTD kept tokens", "consumed_train_tokens", "lr")
+_LOGGED = (
+    "iteration",
+    "lm loss",
+    "curriculum seqlen",
+    "difficulty vocab_rarity",
+    "random-LTD kept tokens",
+    "consumed_train_tokens",
+    "lr",
+)
 
 
 def _recording(forward_step, states):
     """forward_step that remembers each micro-batch's RandomLTDState (its index cache is filled
     by the layers that dropped tokens)."""
+
     def step(data_iterator, model):
         batch = next(data_iterator)
         if batch.get("random_ltd") is not None:
             states.append(batch["random_ltd"])
         return forward_step(iter([batch]), model)
+
     return step
 
 
 def _train(rank: int, world_size: int, model: str, argv: List[str]) -> Dict:
     """Train; return the logged values per iteration and the kept indices this rank used."""
     if model == "gpt":
-        data_fn, model_fn, step_fn = (pretrain_gpt.datasets_provider, pretrain_gpt.model_provider,
-                                      pretrain_gpt.forward_step)
+        data_fn, model_fn, step_fn = (
+            pretrain_gpt.datasets_provider,
+            pretrain_gpt.model_provider,
+            pretrain_gpt.forward_step,
+        )
     else:
-        data_fn, model_fn, step_fn = (bert_datasets_provider, pretrain_bert.model_provider,
-                                      pretrain_bert.forward_step)
+        data_fn, model_fn, step_fn = (
+            bert_datasets_provider,
+            pretrain_bert.model_provider,
+            pretrain_bert.forward_step,
+        )
     states, history = [], []
-    final = pretrain(data_fn, model_fn, _recording(step_fn, states), argv=argv, model_type=model,
-                     history=history)
+    final = pretrain(
+        data_fn, model_fn, _recording(step_fn, states), argv=argv, model_type=model, history=history
+    )
     kept = {}
     for st in states:
         for (layer, b, s), idx in st._cache.items():
-            kept[(st.step, st.microbatch, layer)] = (st.seed, st.dp_rank, st.keep, b, s,
-                                                    idx.clone())
+            kept[(st.step, st.microbatch, layer)] = (
+                st.seed,
+                st.dp_rank,
+                st.keep,
+                b,
+                s,
+                idx.clone(),
+            )
     return {
         "history": [{k: h[k] for k in _LOGGED if k in h} for h in history],
         "kept": kept,

@@ -13,16 +13,21 @@ import pytest
 
 from megatron.core.deepspeed_config import load_deepspeed_config
 from megatron.training.arguments import parse_args
-from megatron.training.microbatches import MicroBatchCalculator
 from megatron.training.budget import schedule_spans, train_num_samples
+from megatron.training.microbatches import MicroBatchCalculator
 
 EXAMPLES = "examples/data_efficiency"
 PAPER = {  # model -> (launcher, training script, {percent: (lr, CL steps, LTD steps)})
-    "gpt": ("gpt_1.3b.sh", "pretrain_gpt.py",
-            {100: (2e-4, 110000, 200000), 67: (3e-4, 73000, 133000), 50: (4e-4, 55000, 100000)}),
-    "bert": ("bert_large.sh", "pretrain_bert.py",
-             {100: (1e-4, 960000, 2000000), 67: (1.5e-4, 640000, 1340000),
-              50: (2e-4, 480000, 1000000)}),
+    "gpt": (
+        "gpt_1.3b.sh",
+        "pretrain_gpt.py",
+        {100: (2e-4, 110000, 200000), 67: (3e-4, 73000, 133000), 50: (4e-4, 55000, 100000)},
+    ),
+    "bert": (
+        "bert_large.sh",
+        "pretrain_bert.py",
+        {100: (1e-4, 960000, 2000000), 67: (1.5e-4, 640000, 1340000), 50: (2e-4, 480000, 1000000)},
+    ),
 }
 
 
@@ -32,24 +37,50 @@ def launchers(repo_root):
 
 def test_every_launcher_is_valid_bash(repo_root):
     names = launchers(repo_root)
-    assert {"gpt_1.3b.sh", "bert_large.sh", "analyze_data.sh", "austen_gpt_cl_ltd.sh",
-            "austen_bert_cl_ltd.sh", "austen_prepare.sh"} <= set(names)
+    assert {
+        "gpt_1.3b.sh",
+        "bert_large.sh",
+        "analyze_data.sh",
+        "austen_gpt_cl_ltd.sh",
+        "austen_bert_cl_ltd.sh",
+        "austen_prepare.sh",
+    } <= set(names)
     for name in names:
-        res = subprocess.run(["bash", "-n", str(repo_root / EXAMPLES / name)], capture_output=True,
-                             text=True)
+        res = subprocess.run(
+            ["bash", "-n", str(repo_root / EXAMPLES / name)], capture_output=True, text=True
+        )
         assert res.returncode == 0, f"{name}: {res.stderr}"
 
 
 def dry_run(repo_root, tmp_path, tokenizer_dir, model, **env):
     launcher = PAPER[model][0]
-    tok = {"VOCAB_FILE": str(tokenizer_dir / "gpt2-vocab.json"),
-           "MERGE_FILE": str(tokenizer_dir / "gpt2-merges.txt")} if model == "gpt" else {
-        "VOCAB_FILE": str(tokenizer_dir / "bert-base-uncased-vocab.txt")}
-    full_env = {**os.environ, "DRY_RUN": "1", "DATA_PATH": str(tmp_path / "corpus"),
-                "OUT": str(tmp_path / "out"), "ANALYSIS": str(tmp_path / "analysis"),
-                "NPROC_PER_NODE": "8", "NNODES": "4", "PYTHON": sys.executable, **tok, **env}
-    res = subprocess.run(["bash", str(repo_root / EXAMPLES / launcher)], env=full_env,
-                         capture_output=True, text=True, cwd=tmp_path)
+    tok = (
+        {
+            "VOCAB_FILE": str(tokenizer_dir / "gpt2-vocab.json"),
+            "MERGE_FILE": str(tokenizer_dir / "gpt2-merges.txt"),
+        }
+        if model == "gpt"
+        else {"VOCAB_FILE": str(tokenizer_dir / "bert-base-uncased-vocab.txt")}
+    )
+    full_env = {
+        **os.environ,
+        "DRY_RUN": "1",
+        "DATA_PATH": str(tmp_path / "corpus"),
+        "OUT": str(tmp_path / "out"),
+        "ANALYSIS": str(tmp_path / "analysis"),
+        "NPROC_PER_NODE": "8",
+        "NNODES": "4",
+        "PYTHON": sys.executable,
+        **tok,
+        **env,
+    }
+    res = subprocess.run(
+        ["bash", str(repo_root / EXAMPLES / launcher)],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     return shlex.split(res.stdout.strip().splitlines()[-1])
 
@@ -77,12 +108,16 @@ def test_paper_launcher_writes_the_table_config_and_a_valid_command(
     if "cl" in run:
         voc = metrics["voc"]
         assert voc["min_difficulty"] == (1 if model == "gpt" else 5)
-        assert voc["schedule_config"] == {"total_curriculum_step": cl_steps, "difficulty_step": 1,
-                                          "root_degree": 2}
+        assert voc["schedule_config"] == {
+            "total_curriculum_step": cl_steps,
+            "difficulty_step": 1,
+            "root_degree": 2,
+        }
         assert voc["index_to_sample_path"].startswith(str(tmp_path / "analysis"))
         seqlen = metrics["seqlen_truncate"]
         assert (seqlen["min_difficulty"], seqlen["max_difficulty"]) == (
-            (80, 2048) if model == "gpt" else (128, 512))
+            (80, 2048) if model == "gpt" else (128, 512)
+        )
     if "ltd" in run:
         ltd = de["data_routing"]["random_ltd"]
         assert ltd["random_ltd_layer_id"] == list(range(1, 23))
@@ -91,15 +126,16 @@ def test_paper_launcher_writes_the_table_config_and_a_valid_command(
         assert ltd["random_ltd_schedule"]["schedule_config"]["require_steps"] == ltd_steps
     # the training command is what pretrain would accept on 32 processes
     script = PAPER[model][1]
-    flags = argv[argv.index(script) + 1:]
+    flags = argv[argv.index(script) + 1 :]
     parsed = parse_args(flags, world_size=32)
     t = parsed.training
     assert parsed.optimizer.lr == pytest.approx(lr)
     assert parsed.data_efficiency.deepspeed_config == str(cfg_path)
     assert parsed.data_efficiency.random_ltd == ("ltd" in run)
     assert parsed.data_efficiency.data_efficiency_curriculum_learning == ("cl" in run)
-    calc = MicroBatchCalculator(t.global_batch_size, t.micro_batch_size, parsed.data_parallel_size,
-                                t.rampup_batch_size)
+    calc = MicroBatchCalculator(
+        t.global_batch_size, t.micro_batch_size, parsed.data_parallel_size, t.rampup_batch_size
+    )
     spans = schedule_spans(parsed, train_num_samples(parsed, calc))
     assert spans["decay_tokens"] == t.train_tokens
 
@@ -108,8 +144,14 @@ def test_analysis_launcher_uses_the_training_data_flags(repo_root, tmp_path, tok
     train = dry_run(repo_root, tmp_path, tokenizer_dir, "gpt", RUN="cl")
     analyze = dry_run(repo_root, tmp_path, tokenizer_dir, "gpt", STAGE="analyze")
     assert "tools/analyze_data.py" in analyze and "torch.distributed.run" in analyze
-    for flag in ("--data-path", "--split", "--seq-length", "--seed", "--train-samples",
-                 "--data-cache-path"):
+    for flag in (
+        "--data-path",
+        "--split",
+        "--seq-length",
+        "--seed",
+        "--train-samples",
+        "--data-cache-path",
+    ):
         assert analyze[analyze.index(flag) + 1] == train[train.index(flag) + 1], flag
 
 
@@ -118,11 +160,23 @@ def _curve(log, key):
 
 
 def _run_austen(repo_root, tmp_path, launcher, iters):
-    env = {**os.environ, "WORK": str(tmp_path / "work"), "DATA": str(tmp_path / "data"),
-           "ITERS": str(iters), "NPROC": "1", "LOG_INTERVAL": "1", "OMP_NUM_THREADS": "1",
-           "PYTHON": sys.executable}
-    res = subprocess.run(["bash", str(repo_root / EXAMPLES / launcher)], env=env,
-                         capture_output=True, text=True, timeout=300)
+    env = {
+        **os.environ,
+        "WORK": str(tmp_path / "work"),
+        "DATA": str(tmp_path / "data"),
+        "ITERS": str(iters),
+        "NPROC": "1",
+        "LOG_INTERVAL": "1",
+        "OMP_NUM_THREADS": "1",
+        "PYTHON": sys.executable,
+    }
+    res = subprocess.run(
+        ["bash", str(repo_root / EXAMPLES / launcher)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     log = res.stdout + res.stderr
     assert res.returncode == 0, log[-4000:]
     return log
@@ -135,7 +189,9 @@ def _check_rising(log, iters, seq, metric_min, kept_last):
     kept = _curve(log, "random-LTD kept tokens")
     assert len(seqlen) == len(difficulty) == len(kept) == iters
     for curve, first, last in (
-        (seqlen, 32, seq), (difficulty, metric_min, 100), (kept, 32, kept_last)
+        (seqlen, 32, seq),
+        (difficulty, metric_min, 100),
+        (kept, 32, kept_last),
     ):
         assert curve == sorted(curve) and first <= curve[0] < curve[-1] == last, curve
     assert all(k <= s for k, s in zip(kept, seqlen))

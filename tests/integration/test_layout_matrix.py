@@ -219,7 +219,7 @@ def assert_same_training(ref, got, init, what: str, adam_bound=None) -> None:
             moved_ref,
             rtol=GRAD_RTOL,
             atol=atol,
-            msg=lambda m: f"{what}: {name} update differs: {m}",
+            msg=lambda m, name=name: f"{what}: {name} update differs: {m}",
         )
 
 

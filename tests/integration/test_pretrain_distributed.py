@@ -12,7 +12,16 @@ from tests.distributed.launcher import run_distributed
 from tests.integration.test_pretrain_gpt import TINY, run
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-NO_DROPOUT = ["--hidden-dropout", "0", "--attention-dropout", "0", "--train-iters", "3", "--global-batch-size", "8"]
+NO_DROPOUT = [
+    "--hidden-dropout",
+    "0",
+    "--attention-dropout",
+    "0",
+    "--train-iters",
+    "3",
+    "--global-batch-size",
+    "8",
+]
 
 
 def _rank_body(rank, world_size, argv):
@@ -37,7 +46,9 @@ def test_dp2_matches_dp1_losses():
 def _launch(tmp_path, extra):
     cmd = [sys.executable, os.path.join(REPO_ROOT, "pretrain_gpt.py")] + TINY + extra
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
 
 
 def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
@@ -63,6 +74,9 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
 def test_exit_duration_saves_and_stops(tmp_path):
     save = tmp_path / "ckpt"
     history = []
-    st = run(TINY + ["--train-iters", "1000", "--exit-duration-in-mins", "0.00001", "--save", str(save)], history)
+    st = run(
+        TINY + ["--train-iters", "1000", "--exit-duration-in-mins", "0.00001", "--save", str(save)],
+        history,
+    )
     assert st.iteration == 1 and len(history) == 1
     assert open(save / "latest_checkpointed_iteration.txt").read().strip() == "1"

@@ -28,9 +28,15 @@ def ensure_mcore_python() -> pathlib.Path:
         OracleUnavailable: the venv cannot be made here.
     """
     # torch stays pinned: pip only adds its small dependencies and megatron-core
-    packages = [([f"torch=={TORCH_VERSION}", f"megatron-core=={MCORE_VERSION}", "numpy"],
-                 f"install megatron-core {MCORE_VERSION}")]
-    return ensure_venv(VENV, packages, _CHECK, lambda out: out.startswith(MCORE_VERSION), timeout=900)
+    packages = [
+        (
+            [f"torch=={TORCH_VERSION}", f"megatron-core=={MCORE_VERSION}", "numpy"],
+            f"install megatron-core {MCORE_VERSION}",
+        )
+    ]
+    return ensure_venv(
+        VENV, packages, _CHECK, lambda out: out.startswith(MCORE_VERSION), timeout=900
+    )
 
 
 def build_seconds() -> float | None:

@@ -61,7 +61,10 @@ def ensure_deepspeed_python() -> pathlib.Path:
     pin = f"torch=={TORCH_VERSION}"
     packages = [
         ([pin, "numpy"], "install torch's dependencies and numpy"),
-        (["--no-build-isolation", pin, f"deepspeed=={DEEPSPEED_VERSION}"], f"install deepspeed {DEEPSPEED_VERSION}"),
+        (
+            ["--no-build-isolation", pin, f"deepspeed=={DEEPSPEED_VERSION}"],
+            f"install deepspeed {DEEPSPEED_VERSION}",
+        ),
     ]
     return ensure_venv(VENV, packages, _CHECK, lambda out: out.endswith(DEEPSPEED_VERSION), _ENV)
 
@@ -268,8 +271,8 @@ def _datasets(tmp):
 def _ours(dataset, save):
     """Our analysis of every metric: total_vocab_freq first, rarity from its output (as DS)."""
     from megatron.core.curriculum.analysis import build_metrics, run_map, run_reduce
-    from megatron.core.curriculum.scoring import make_sample_source
     from megatron.core.curriculum.metrics import CurriculumMetricsConfig
+    from megatron.core.curriculum.scoring import make_sample_source
 
     source = make_sample_source(dataset)
     freq = os.path.join(save, "total_vocab_freq", "total_vocab_freq_metric_value")

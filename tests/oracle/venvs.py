@@ -39,14 +39,21 @@ def venv_python(venv: pathlib.Path) -> pathlib.Path:
     return venv / "bin" / "python"
 
 
-def run(cmd: Sequence, timeout: float, env: Optional[Dict[str, str]] = None) -> subprocess.CompletedProcess:
+def run(
+    cmd: Sequence, timeout: float, env: Optional[Dict[str, str]] = None
+) -> subprocess.CompletedProcess:
     """Run `cmd` in the cache folder (not the repository) with none of our interpreter's paths;
     `env` adds variables."""
     clean = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     clean.update(PYTHONNOUSERSITE="1", PYTHONWARNINGS="ignore", **(env or {}))
     cache_dir().mkdir(parents=True, exist_ok=True)
     return subprocess.run(
-        [str(c) for c in cmd], capture_output=True, text=True, timeout=timeout, env=clean, cwd=str(cache_dir())
+        [str(c) for c in cmd],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=clean,
+        cwd=str(cache_dir()),
     )
 
 
@@ -68,7 +75,10 @@ def _build(venv: pathlib.Path, packages: List[Tuple[List[str], str]], env, timeo
     pip = [venv_python(venv), "-m", "pip", "install", "--quiet"]
     steps = [
         ([sys.executable, "-m", "venv", venv], "create the venv"),
-        (pip + ["--no-index", "--no-deps", f"torch=={TORCH_VERSION}"], f"install torch {TORCH_VERSION} from a local wheel"),
+        (
+            pip + ["--no-index", "--no-deps", f"torch=={TORCH_VERSION}"],
+            f"install torch {TORCH_VERSION} from a local wheel",
+        ),
     ] + [(pip + args, what) for args, what in packages]
     for cmd, what in steps:
         try:
@@ -81,8 +91,14 @@ def _build(venv: pathlib.Path, packages: List[Tuple[List[str], str]], env, timeo
     return time.monotonic() - start
 
 
-def ensure_venv(name: str, packages: List[Tuple[List[str], str]], check: str, accept: Callable[[str], bool],
-                env: Optional[Dict[str, str]] = None, timeout: float = 1200) -> pathlib.Path:
+def ensure_venv(
+    name: str,
+    packages: List[Tuple[List[str], str]],
+    check: str,
+    accept: Callable[[str], bool],
+    env: Optional[Dict[str, str]] = None,
+    timeout: float = 1200,
+) -> pathlib.Path:
     """Python of the working venv `name`, built on first use.
 
     Args:

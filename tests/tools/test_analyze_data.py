@@ -182,9 +182,7 @@ def test_torchrun_two_ranks_and_a_rerun_worker(corpus, repo_root):
 def test_user_float_metric_and_token_counts_flag(corpus, tmp_path, monkeypatch):
     tmp, prefix, counts = corpus
     (tmp_path / "my_metrics.py").write_text(
-        "import numpy as np\n"
-        "def spread(samples):\n"
-        "    return [float(np.std(s)) for s in samples]\n"
+        "import numpy as np\ndef spread(samples):\n    return [float(np.std(s)) for s in samples]\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     flat = np.ones(VOCAB, dtype=np.int64)

@@ -1,4 +1,4 @@
-"""The CUDA sources in csrc/ compile wherever a CUDA toolkit exists (contract 8), GPU or not.
+"""The CUDA sources in csrc/ compile wherever a CUDA toolkit exists, GPU or not.
 
 Compiles every .cu file of build_config.CUDA_EXTENSIONS with nvcc (the flags setup.py uses, for
 sm_80 and sm_90), the pybind11 bindings with the host compiler, links the module against the

@@ -10,10 +10,10 @@ from megatron.core.curriculum.config import (
     DataSamplingConfig,
     ScheduleConfig,
 )
-from megatron.core.deepspeed_config import DataEfficiencyConfig
 from megatron.core.curriculum.metric_data import SortedMetric, resolve_metrics
 from megatron.core.curriculum.sampler import CurriculumSampler
 from megatron.core.datasets.indexed_dataset import write_array_dataset
+from megatron.core.deepspeed_config import DataEfficiencyConfig
 from megatron.training.microbatches import MicroBatchCalculator
 
 
@@ -249,7 +249,10 @@ def loader_indices(s, workers, count):
 
 def test_dataloader_workers_get_the_same_index_lists_and_checkpoint_the_trained_step():
     config = gpt_like_config()
-    make = lambda: sampler(config, 400, {"voc": RARITY}, mbs=4, rank=1, dp=2, gbs=16)
+
+    def make():
+        return sampler(config, 400, {"voc": RARITY}, mbs=4, rank=1, dp=2, gbs=16)
+
     serial = loader_indices(make(), 0, 40)
     prefetching = make()
     assert loader_indices(prefetching, 2, 40) == serial
@@ -333,9 +336,9 @@ def test_index_files_give_the_same_batches_as_arrays(tmp_path):
         b = draw(from_arrays, 10)
         assert all(np.array_equal(x, y) for x, y in zip(a, b))
         from_arrays.load_state_dict(from_files.state_dict(4))  # same data: same fingerprint
-    config.curriculum_learning.curriculum_metrics["m"].index_to_sample_path = (
-        "/nowhere/m_index_to_sample"
-    )
+    config.curriculum_learning.curriculum_metrics[
+        "m"
+    ].index_to_sample_path = "/nowhere/m_index_to_sample"
     assert "m" in resolve_metrics(config.curriculum_learning, 300, {"m": values})
     metric.index_to_sample_path = (
         "/nowhere/vocab_rarity/vocab_rarity_index_to_sample_percentile_merged"

@@ -7,9 +7,9 @@ import pytest
 
 from megatron.core import deepspeed_config
 from megatron.core.curriculum import config as curriculum_config
-from megatron.core.random_ltd import config as random_ltd_config
 from megatron.core.deepspeed_config import DataEfficiencyConfig, load_deepspeed_config
 from megatron.core.json_config import ConfigError
+from megatron.core.random_ltd import config as random_ltd_config
 from megatron.training.options import field_docs
 
 # The GPT template of Megatron-DeepSpeed's data_efficiency examples (two metrics), with the
@@ -87,7 +87,8 @@ GPT_TEMPLATE = """{
   }
 }"""
 
-# GPT-3 1.3B, "CL vocab rarity + seqlen truncation" with random-LTD (the composed run of the DeepSpeed Data Efficiency paper).
+# GPT-3 1.3B, "CL vocab rarity + seqlen truncation" with random-LTD (the composed run of the
+# DeepSpeed Data Efficiency paper).
 GPT_VALUES = {
     "GBSIZE": "512",
     "MBSIZE": "4",
@@ -379,7 +380,9 @@ def test_every_field_has_a_docstring():
         obj
         for module in (curriculum_config, random_ltd_config, deepspeed_config)
         for obj in vars(module).values()
-        if isinstance(obj, type) and dataclasses.is_dataclass(obj) and obj.__module__ == module.__name__
+        if isinstance(obj, type)
+        and dataclasses.is_dataclass(obj)
+        and obj.__module__ == module.__name__
     ]
     assert DataEfficiencyConfig in classes and len(classes) >= 12
     for cls in classes:

@@ -326,7 +326,7 @@ def test_fuzz_flipped_index_bytes(tmp_path, good):
 def test_fuzz_truncated_bin_and_random_garbage(tmp_path, good):
     _, idx, binary = good
     rng = np.random.default_rng(99)
-    for trial in range(100):
+    for _ in range(100):
         garbage = rng.integers(0, 256, size=int(rng.integers(0, 200)), dtype=np.uint8).tobytes()
         header = idx[: int(rng.integers(0, INDEX_HEADER_SIZE + 1))]
         prefix = _corrupt(tmp_path, header + garbage, binary, name="g")

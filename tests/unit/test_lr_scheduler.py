@@ -1,5 +1,4 @@
 import math
-
 import types
 
 import pytest
@@ -9,7 +8,9 @@ from megatron.training.lr_scheduler import OptimizerParamScheduler
 
 def _sched(style, warmup=10, decay=110, max_lr=1.0, min_lr=0.1, **kw):
     groups = [{"lr": 0.0}, {"lr": 0.0, "lr_mult": 0.5}]
-    return OptimizerParamScheduler(types.SimpleNamespace(param_groups=groups), max_lr, min_lr, style, warmup, decay, **kw), groups
+    return OptimizerParamScheduler(
+        types.SimpleNamespace(param_groups=groups), max_lr, min_lr, style, warmup, decay, **kw
+    ), groups
 
 
 @pytest.mark.parametrize("style", ["linear", "cosine", "constant", "inverse-square-root"])
@@ -45,7 +46,16 @@ def test_inverse_square_root():
 
 def test_token_based_warmup_and_decay():
     groups = [{"lr": 0.0}]
-    s = OptimizerParamScheduler(types.SimpleNamespace(param_groups=groups), 1.0, 0.0, "linear", 0, None, warmup_tokens=100, decay_tokens=1100)
+    s = OptimizerParamScheduler(
+        types.SimpleNamespace(param_groups=groups),
+        1.0,
+        0.0,
+        "linear",
+        0,
+        None,
+        warmup_tokens=100,
+        decay_tokens=1100,
+    )
     s.step(1, 50)
     assert groups[0]["lr"] == pytest.approx(0.5)
     s.step(1, 50 + 500)
@@ -70,13 +80,23 @@ def test_errors():
     with pytest.raises(ValueError, match="min-lr"):
         _sched("linear", max_lr=0.1, min_lr=1.0)
     with pytest.raises(ValueError, match="decay span"):
-        OptimizerParamScheduler(types.SimpleNamespace(param_groups=[{}]), 1.0, 0.0, "cosine", 0, None)
+        OptimizerParamScheduler(
+            types.SimpleNamespace(param_groups=[{}]), 1.0, 0.0, "cosine", 0, None
+        )
 
 
 def test_layer_token_schedule_takes_precedence():
     groups = [{"lr": 0.0}]
-    s = OptimizerParamScheduler(types.SimpleNamespace(param_groups=groups), 1.0, 0.0, "linear", 8, 100,
-                                warmup_layer_tokens=1000, decay_layer_tokens=11000)
+    s = OptimizerParamScheduler(
+        types.SimpleNamespace(param_groups=groups),
+        1.0,
+        0.0,
+        "linear",
+        8,
+        100,
+        warmup_layer_tokens=1000,
+        decay_layer_tokens=11000,
+    )
     s.step(50, 0, 500)  # halfway through the samples, but what counts are layer-tokens
     assert groups[0]["lr"] == pytest.approx(0.5)
     s.step(0, 0, 5500)  # 6000 of 11000: half of the decay span after warmup

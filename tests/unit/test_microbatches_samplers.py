@@ -14,7 +14,9 @@ def test_rampup():
     assert [c.global_batch_at(x) for x in (0, 99, 100, 250, 300, 10**6)] == [16, 16, 32, 48, 64, 64]
 
 
-@pytest.mark.parametrize("args,match", [((60, 4, 2, None), "not divisible"), ((64, 4, 2, [12, 16, 100]), "multiples")])
+@pytest.mark.parametrize(
+    "args,match", [((60, 4, 2, None), "not divisible"), ((64, 4, 2, [12, 16, 100]), "multiples")]
+)
 def test_invalid_batches(args, match):
     with pytest.raises(ValueError, match=match):
         MicroBatchCalculator(*args)
@@ -51,4 +53,6 @@ def test_cyclic_sampler_epochs_are_permutations():
     it = iter(CyclicSampler(10, 0, 5, 0, 1, seed=3))
     first = next(it) + next(it)
     second = next(it) + next(it)
-    assert sorted(first) == list(range(10)) and sorted(second) == list(range(10)) and first != second
+    assert (
+        sorted(first) == list(range(10)) and sorted(second) == list(range(10)) and first != second
+    )

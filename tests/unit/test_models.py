@@ -15,7 +15,13 @@ V, S, B = 64, 12, 3
 
 
 def _cfg(**kw):
-    base = dict(num_layers=2, hidden_size=32, num_attention_heads=4, hidden_dropout=0.0, attention_dropout=0.0)
+    base = dict(
+        num_layers=2,
+        hidden_size=32,
+        num_attention_heads=4,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
     base.update(kw)
     return TransformerConfig(**base)
 
@@ -25,13 +31,22 @@ def _ref_layer(p, pre, x, mask_add, heads, swiglu=False):
     b, s, h = x.shape
     hn = h // heads
     ln = F.layer_norm(x, (h,), p[pre + "input_layernorm.weight"], p[pre + "input_layernorm.bias"])
-    qkv = ln @ p[pre + "self_attention.linear_qkv.weight"].t() + p[pre + "self_attention.linear_qkv.bias"]
+    qkv = (
+        ln @ p[pre + "self_attention.linear_qkv.weight"].t()
+        + p[pre + "self_attention.linear_qkv.bias"]
+    )
     qkv = qkv.view(b, s, heads, 3, hn)
     q, k, v = (qkv[:, :, :, i].transpose(1, 2) for i in range(3))  # [b, heads, s, hn]
     scores = q @ k.transpose(-1, -2) / math.sqrt(hn) + mask_add
     ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, h)
-    x = x + ctx @ p[pre + "self_attention.linear_proj.weight"].t() + p[pre + "self_attention.linear_proj.bias"]
-    ln2 = F.layer_norm(x, (h,), p[pre + "pre_mlp_layernorm.weight"], p[pre + "pre_mlp_layernorm.bias"])
+    x = (
+        x
+        + ctx @ p[pre + "self_attention.linear_proj.weight"].t()
+        + p[pre + "self_attention.linear_proj.bias"]
+    )
+    ln2 = F.layer_norm(
+        x, (h,), p[pre + "pre_mlp_layernorm.weight"], p[pre + "pre_mlp_layernorm.bias"]
+    )
     hid = ln2 @ p[pre + "mlp.linear_fc1.weight"].t() + p[pre + "mlp.linear_fc1.bias"]
     hid = 0.5 * hid * (1.0 + torch.erf(hid / math.sqrt(2.0)))
     return x + hid @ p[pre + "mlp.linear_fc2.weight"].t() + p[pre + "mlp.linear_fc2.bias"]
@@ -40,13 +55,23 @@ def _ref_layer(p, pre, x, mask_add, heads, swiglu=False):
 def _ref_gpt_loss(model, cfg, ids, labels):
     p = {n: t.detach() for n, t in global_named_parameters(model)}
     b, s = ids.shape
-    x = p["embedding.word_embeddings.weight"][ids] + p["embedding.position_embeddings.weight"][torch.arange(s)]
+    x = (
+        p["embedding.word_embeddings.weight"][ids]
+        + p["embedding.position_embeddings.weight"][torch.arange(s)]
+    )
     causal = torch.full((s, s), float("-inf")).triu(1)
     for i in range(cfg.num_layers):
         x = _ref_layer(p, f"decoder.layers.{i}.", x, causal, cfg.num_attention_heads)
-    x = F.layer_norm(x, (cfg.hidden_size,), p["decoder.final_layernorm.weight"], p["decoder.final_layernorm.bias"])
+    x = F.layer_norm(
+        x,
+        (cfg.hidden_size,),
+        p["decoder.final_layernorm.weight"],
+        p["decoder.final_layernorm.bias"],
+    )
     logits = x @ p["embedding.word_embeddings.weight"].t()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none").view(b, s)
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), reduction="none"
+    ).view(b, s)
 
 
 def test_gpt_loss_matches_reference():
@@ -79,11 +104,19 @@ def test_gpt_gradients_match_reference():
 def _ref_gpt_loss_with_grad(model, cfg, ids, labels, params):
     p = dict(params)
     b, s = ids.shape
-    x = p["embedding.word_embeddings.weight"][ids] + p["embedding.position_embeddings.weight"][torch.arange(s)]
+    x = (
+        p["embedding.word_embeddings.weight"][ids]
+        + p["embedding.position_embeddings.weight"][torch.arange(s)]
+    )
     causal = torch.full((s, s), float("-inf")).triu(1)
     for i in range(cfg.num_layers):
         x = _ref_layer(p, f"decoder.layers.{i}.", x, causal, cfg.num_attention_heads)
-    x = F.layer_norm(x, (cfg.hidden_size,), p["decoder.final_layernorm.weight"], p["decoder.final_layernorm.bias"])
+    x = F.layer_norm(
+        x,
+        (cfg.hidden_size,),
+        p["decoder.final_layernorm.weight"],
+        p["decoder.final_layernorm.bias"],
+    )
     logits = x @ p["embedding.word_embeddings.weight"].t()
     F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1)).backward()
     return {n: t.grad for n, t in params.items()}
@@ -158,9 +191,16 @@ def _ref_bert(model, cfg, ids, types, padding, labels):
     mask = torch.zeros(b, 1, 1, s).masked_fill((padding == 0).view(b, 1, 1, s), float("-inf"))
     for i in range(cfg.num_layers):
         x = _ref_layer(p, f"decoder.layers.{i}.", x, mask, cfg.num_attention_heads)
-    x = F.layer_norm(x, (cfg.hidden_size,), p["decoder.final_layernorm.weight"], p["decoder.final_layernorm.bias"])
+    x = F.layer_norm(
+        x,
+        (cfg.hidden_size,),
+        p["decoder.final_layernorm.weight"],
+        p["decoder.final_layernorm.bias"],
+    )
     t = F.gelu(x @ p["lm_head.dense.weight"].t() + p["lm_head.dense.bias"])
-    t = F.layer_norm(t, (cfg.hidden_size,), p["lm_head.layernorm.weight"], p["lm_head.layernorm.bias"])
+    t = F.layer_norm(
+        t, (cfg.hidden_size,), p["lm_head.layernorm.weight"], p["lm_head.layernorm.bias"]
+    )
     logits = t @ p["embedding.word_embeddings.weight"].t() + p["lm_head.bias"]
     lm = F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), reduction="none").view(b, s)
     pooled = torch.tanh(x[:, 0] @ p["pooler.weight"].t() + p["pooler.bias"])
@@ -205,7 +245,9 @@ def test_pad_vocab_size():
 
 
 def test_config_validation_messages():
-    with pytest.raises(ValueError, match="--hidden-size 30 is not divisible by --num-attention-heads 4"):
+    with pytest.raises(
+        ValueError, match="--hidden-size 30 is not divisible by --num-attention-heads 4"
+    ):
         TransformerConfig(hidden_size=30, num_attention_heads=4)
     with pytest.raises(ValueError, match="--recompute-method"):
         TransformerConfig(recompute_granularity="full")

@@ -8,16 +8,16 @@ import subprocess
 import pytest
 
 from megatron.core.curriculum.config import DifficultySchedule, ScheduleConfig
+from megatron.core.curriculum.pacing import (
+    difficulty_at,
+    difficulty_segments,
+    fixed_root_difficulty,
+)
 from megatron.core.json_config import ConfigError
 from megatron.core.random_ltd.config import (
     RandomLTDConfig,
     RandomLTDScheduleConfig,
     RandomLTDScheduleParams,
-)
-from megatron.core.curriculum.pacing import (
-    difficulty_at,
-    difficulty_segments,
-    fixed_root_difficulty,
 )
 from megatron.core.random_ltd.schedule import (
     random_ltd_effective_seqlen,

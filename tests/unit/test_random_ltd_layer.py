@@ -4,23 +4,31 @@ recomputation, evaluation, checkpoint interchange and token accounting."""
 import pytest
 import torch
 
-from megatron.core.random_ltd.routing import RandomLTDState, check_random_ltd_config, kept_indices
-from megatron.core.random_ltd.schedule import effective_seq_length, keep_for_step
 from megatron.core.models import BertModel, GPTModel
 from megatron.core.models.common import global_named_parameters
+from megatron.core.random_ltd.routing import RandomLTDState, check_random_ltd_config, kept_indices
+from megatron.core.random_ltd.schedule import effective_seq_length, keep_for_step
 from megatron.core.transformer import TransformerConfig, TransformerLayer
 
 S, B, H = 12, 3, 32
 
 
 def _cfg(**kw):
-    base = dict(num_layers=4, hidden_size=H, num_attention_heads=4, hidden_dropout=0.0, attention_dropout=0.0)
+    base = dict(
+        num_layers=4,
+        hidden_size=H,
+        num_attention_heads=4,
+        hidden_dropout=0.0,
+        attention_dropout=0.0,
+    )
     base.update(kw)
     return TransformerConfig(**base)
 
 
 def _state(keep, layers=(1, 2), step=5, mb=0, dp=0):
-    return RandomLTDState(seed=11, step=step, microbatch=mb, dp_rank=dp, keep=keep, layer_ids=frozenset(layers))
+    return RandomLTDState(
+        seed=11, step=step, microbatch=mb, dp_rank=dp, keep=keep, layer_ids=frozenset(layers)
+    )
 
 
 def _layer(causal, **kw):
@@ -31,7 +39,9 @@ def _layer(causal, **kw):
     return layer
 
 
-@pytest.mark.parametrize("causal,mask_kind,rope", [(True, None, False), (True, "doc", True), (False, "pad", False)])
+@pytest.mark.parametrize(
+    "causal,mask_kind,rope", [(True, None, False), (True, "doc", True), (False, "pad", False)]
+)
 def test_layer_equals_dense_masked_reference(causal, mask_kind, rope):
     torch.manual_seed(0)
     layer = _layer(causal)
@@ -77,8 +87,16 @@ def test_indices_are_pure_functions_of_their_inputs():
     a = kept_indices(1, 5, 0, 3, 0, 4, 100, 30)
     assert torch.equal(a, kept_indices(1, 5, 0, 3, 0, 4, 100, 30))
     assert a.shape == (4, 30) and bool((a[:, 1:] > a[:, :-1]).all())  # sorted, distinct
-    for other in [(1, 5, 0, 3, 1), (1, 6, 0, 3, 0), (1, 5, 1, 3, 0), (1, 5, 0, 4, 0), (2, 5, 0, 3, 0)]:
-        assert not torch.equal(a, kept_indices(*other, 4, 100, 30)), other  # DP rank, step, mb, layer, seed
+    for other in [
+        (1, 5, 0, 3, 1),
+        (1, 6, 0, 3, 0),
+        (1, 5, 1, 3, 0),
+        (1, 5, 0, 4, 0),
+        (2, 5, 0, 3, 0),
+    ]:
+        assert not torch.equal(a, kept_indices(*other, 4, 100, 30)), (
+            other
+        )  # DP rank, step, mb, layer, seed
     s = _state(keep=5)
     assert s.indices(2, B, S, "cpu") is s.indices(2, B, S, "cpu")  # cached for recomputation
 
@@ -128,7 +146,9 @@ def test_evaluation_uses_all_tokens_and_dropping_changes_training_output():
     dropped = m(ids, pos, labels=ids, random_ltd=_state(keep=4))
     assert not torch.allclose(dense, dropped)
     m.eval()
-    torch.testing.assert_close(m(ids, pos, labels=ids, random_ltd=_state(keep=4)), m(ids, pos, labels=ids))
+    torch.testing.assert_close(
+        m(ids, pos, labels=ids, random_ltd=_state(keep=4)), m(ids, pos, labels=ids)
+    )
     m.train()
     # K = S keeps everything: identical to the dense layer.
     torch.testing.assert_close(m(ids, pos, labels=ids, random_ltd=_state(keep=S)), dense)
@@ -154,7 +174,9 @@ def test_checkpoints_interchange_with_a_model_without_random_ltd():
     with torch.no_grad():
         for n, p in global_named_parameters(b):
             p.copy_(sd[n])
-    torch.testing.assert_close(b(ids, torch.arange(S).expand(B, S)), a(ids, torch.arange(S).expand(B, S)))
+    torch.testing.assert_close(
+        b(ids, torch.arange(S).expand(B, S)), a(ids, torch.arange(S).expand(B, S))
+    )
 
 
 def test_accounting_and_schedule():

@@ -10,8 +10,14 @@ from megatron.core.transformer import TransformerConfig
 
 
 def _grads(recompute: dict):
-    cfg = TransformerConfig(num_layers=4, hidden_size=32, num_attention_heads=4, hidden_dropout=0.2,
-                            attention_dropout=0.2, **recompute)
+    cfg = TransformerConfig(
+        num_layers=4,
+        hidden_size=32,
+        num_attention_heads=4,
+        hidden_dropout=0.2,
+        attention_dropout=0.2,
+        **recompute,
+    )
     tracker = RNGStatesTracker("cpu")
     tracker.add(MODEL_PARALLEL_RNG, 99)
     model = GPTModel(cfg, 64, 16, rng_tracker=tracker)
@@ -20,7 +26,11 @@ def _grads(recompute: dict):
     ids = torch.randint(0, 64, (2, 16))
     loss = model(ids, torch.arange(16).expand(2, 16), labels=torch.roll(ids, -1, 1)).mean()
     loss.backward()
-    return loss.detach(), {n: p.grad.clone() for n, p in global_named_parameters(model)}, torch.get_rng_state()
+    return (
+        loss.detach(),
+        {n: p.grad.clone() for n, p in global_named_parameters(model)},
+        torch.get_rng_state(),
+    )
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,6 @@ from megatron.core.curriculum.config import (
     LegacyCurriculumConfig,
     ScheduleConfig,
 )
-from megatron.core.deepspeed_config import DataEfficiencyConfig, DeepSpeedConfig
 from megatron.core.curriculum.seqlen import (
     bert_trim_length,
     gpt_batch_shape_at_step,
@@ -26,6 +25,7 @@ from megatron.core.curriculum.seqlen import (
     truncate_gpt_batch,
 )
 from megatron.core.datasets.gpt_dataset import get_ltor_masks_and_position_ids
+from megatron.core.deepspeed_config import DataEfficiencyConfig, DeepSpeedConfig
 
 EOD = 0
 

@@ -1,4 +1,4 @@
-"""Random-LTD token ops: the C++ kernels against the pure-torch references (contract 3).
+"""Random-LTD token ops: the C++ kernels against the pure-torch references.
 
 Gather and scatter are raw row copies, so kernel and reference must agree bit for bit in every
 dtype, layout and stride pattern, forward and backward.

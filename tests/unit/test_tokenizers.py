@@ -367,7 +367,7 @@ def test_null_tokenizer():
     assert tok.tokenize_batch(["4 5", ""]) == [[4, 5], []]
     assert tok.vocab["7"] == 7 and tok.inv_vocab[100] == "100"
     with pytest.raises(NotImplementedError, match="NullTokenizer has no mask token"):
-        tok.mask
+        _ = tok.mask
     with pytest.raises(ValueError, match="integers"):
         tok.tokenize("1 two 3")
 
@@ -424,11 +424,11 @@ def test_sentencepiece_missing_special_ids(tmp_path, austen_lines):
     tok = SentencePieceTokenizer(model)
     assert tok.eod == tok.eos == 2
     with pytest.raises(NotImplementedError, match="has no bos token; .*bos_id=-1"):
-        tok.bos
+        _ = tok.bos
     with pytest.raises(NotImplementedError, match="has no pad token"):
-        tok.pad  # sentencepiece disables pad by default
+        _ = tok.pad  # sentencepiece disables pad by default
     with pytest.raises(NotImplementedError, match="SentencePieceTokenizer has no mask token"):
-        tok.mask
+        _ = tok.mask
 
 
 @pytest.fixture(scope="module")
@@ -468,7 +468,7 @@ def test_huggingface_tokenizer_file_and_folder(hf_tokenizer_json):
     assert (by_file.eod, by_file.eos, by_file.pad) == (0, 0, 1)
     assert by_file.tokenize_batch([text, text]) == [ids, ids]
     with pytest.raises(NotImplementedError, match="HuggingFaceTokenizer has no bos token"):
-        by_file.bos
+        _ = by_file.bos
 
 
 def test_huggingface_tokenizer_config_names_special_tokens(hf_tokenizer_json, tmp_path):

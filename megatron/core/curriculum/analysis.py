@@ -215,7 +215,7 @@ def _attach(source: SampleSource, config: CurriculumMetricsConfig) -> Dict[str, 
         member_values = [_attach(m, config) for m in source.members]
         member_of, member_index = source.locate(np.arange(source.num_samples))
         values = {}
-        for name, first in member_values[0].items():
+        for name in member_values[0]:
             kind = np.float64 if any(v[name].dtype.kind == "f" for v in member_values) else np.int64
             values[name] = np.empty(source.num_samples, dtype=kind)
             for d, member in enumerate(member_values):

@@ -37,7 +37,6 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from megatron.core.datasets.utils import atomic_save_npy, atomic_write_json  # noqa: F401 (re-exported)
 from megatron.core.datasets.indexed_dataset import (
     DType,
     IndexedDatasetError,
@@ -45,6 +44,7 @@ from megatron.core.datasets.indexed_dataset import (
     index_file_path,
     write_index,
 )
+from megatron.core.datasets.utils import atomic_save_npy, atomic_write_json  # noqa: F401 (re-exported)
 
 SAMPLE_TO_METRIC = "sample_to_metric"
 INDEX_TO_SAMPLE = "index_to_sample"

@@ -29,7 +29,6 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 
 from megatron.core.curriculum.config import CurriculumLearningConfig, DifficultySchedule
 from megatron.core.json_config import ConfigError
-
 from megatron.core.utils import load_function
 
 logger = logging.getLogger(__name__)

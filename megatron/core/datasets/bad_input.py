@@ -12,8 +12,6 @@ import enum
 import logging
 from typing import Dict, List
 
-
-
 logger = logging.getLogger(__name__)
 
 

@@ -20,13 +20,15 @@ class DatasetConfig:
     """Seed of every shuffle (documents, samples, blending); --seed."""
 
     sequence_length: int
-    """Tokens per sample seen by the model (a GPT sample holds sequence_length + 1); --seq-length."""
+    """Tokens per sample seen by the model (a GPT sample holds sequence_length + 1);
+    --seq-length."""
 
     blend: Optional[Blend] = None
     """Prefixes and weights split into train/valid/test by `split`; --data-path."""
 
     blend_per_split: Optional[List[Optional[Blend]]] = None
-    """[train, valid, test] blends used instead of `blend` + `split`; --train/valid/test-data-path."""
+    """[train, valid, test] blends used instead of `blend` + `split`;
+    --train/valid/test-data-path."""
 
     split: str = "969,30,1"
     """Relative train,valid,test weights over documents (e.g. "969,30,1" or "98,2,0"); --split."""

@@ -19,11 +19,10 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from megatron.core.datasets.bad_input import BadLine, BadLineKind
 from megatron.core.datasets.indexed_dataset import (
     DType,
 )
-
-from megatron.core.datasets.bad_input import BadLine, BadLineKind
 from megatron.core.datasets.preprocess_config import PreprocessConfig
 
 logger = logging.getLogger(__name__)
@@ -240,8 +239,6 @@ class DocumentEncoder:
             sequence_lengths=np.asarray(seq_lengths, dtype=np.int64),
             document_sequences=np.asarray(doc_sequences, dtype=np.int64),
         )
-
-
 
 
 def count_lines(path: str) -> int:

@@ -110,7 +110,8 @@ class _Index:
         magic = header[:9]
         if magic != INDEX_MAGIC:
             raise IndexedDatasetError(
-                f"{idx_path}: bad magic {magic!r}, expected {INDEX_MAGIC!r}; this is not a Megatron "
+                f"{idx_path}: bad magic {magic!r}, expected {INDEX_MAGIC!r}; this is not a "
+                "Megatron "
                 "MMIDIDX index (old 'TNTIDX' cached/lazy indexes are not supported)"
             )
         (version,) = struct.unpack("<Q", header[9:17])
@@ -158,7 +159,8 @@ class _Index:
                 )
                 raise IndexedDatasetError(
                     f"{path}: pointer of sequence {bad} is {self.pointers[bad]}, expected "
-                    f"{0 if bad == 0 else ends[bad - 1]} (sequences must be contiguous); index is corrupt"
+                    f"{0 if bad == 0 else ends[bad - 1]} (sequences must be contiguous); index is "
+                    "corrupt"
                 )
             total = int(ends[-1])
         else:
@@ -167,7 +169,8 @@ class _Index:
             what = "truncated" if bin_size < total else "larger than the index describes"
             raise IndexedDatasetError(
                 f"{path[:-4]}.bin: data file {what}: the index needs {total} bytes "
-                f"({int(self.sizes.sum(dtype=np.int64))} tokens of {self.dtype.name}), file has {bin_size}"
+                f"({int(self.sizes.sum(dtype=np.int64))} tokens of {self.dtype.name}), file has "
+                f"{bin_size}"
             )
         doc = self.document_indices
         if (
@@ -178,7 +181,8 @@ class _Index:
         ):
             raise IndexedDatasetError(
                 f"{path}: document indices must start at 0, never decrease and end at the number "
-                f"of sequences ({n}); got {len(doc)} entries starting {doc[:3].tolist()} and ending "
+                f"of sequences ({n}); got {len(doc)} entries starting {doc[:3].tolist()} and "
+                "ending "
                 f"{doc[-3:].tolist()}; index is corrupt"
             )
 
@@ -231,7 +235,8 @@ class IndexedDataset:
             length = size - offset
         if offset < 0 or length < 0 or offset + length > size:
             raise IndexError(
-                f"tokens [{offset}, {offset + length}) out of range for sequence {idx} of size {size}"
+                f"tokens [{offset}, {offset + length}) out of range for sequence {idx} of size "
+                f"{size}"
             )
         item = self.dtype.itemsize
         start = int(self._index.pointers[idx]) + offset * item

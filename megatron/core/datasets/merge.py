@@ -6,11 +6,9 @@ import logging
 import os
 from typing import List, Optional, Sequence
 
-
 from megatron.core.datasets.indexed_dataset import (
     IndexedDataset,
     IndexedDatasetBuilder,
-    IndexedDatasetError,
     data_file_path,
     index_file_path,
 )
@@ -93,23 +91,3 @@ def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> Optional[str]
             if tmp_counts is not None and os.path.exists(tmp_counts):
                 os.remove(tmp_counts)
     return final_counts if counts is not None else None
-
-
-__all__ = [
-    "BadInputReport",
-    "BadLine",
-    "BadLineKind",
-    "DocumentEncoder",
-    "IndexedDatasetError",
-    "PreprocessConfig",
-    "PreprocessResult",
-    "PreprocessStats",
-    "StrictModeError",
-    "count_lines",
-    "iter_line_chunks",
-    "list_dataset_prefixes",
-    "merge_datasets",
-    "output_prefix_for",
-    "preprocess_files",
-    "preprocess_partitioned",
-]

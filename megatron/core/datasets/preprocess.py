@@ -44,17 +44,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from megatron.core.datasets.indexed_dataset import (
-    IndexedDatasetBuilder,
-    data_file_path,
-    index_file_path,
-)
-from megatron.core.datasets.token_counts import (
-    save_token_counts,
-    temporary_path,
-    token_counts_path,
-)
-
 from megatron.core.datasets.bad_input import BadInputReport, StrictModeError
 from megatron.core.datasets.document_encoder import (
     ChunkResult,
@@ -64,12 +53,22 @@ from megatron.core.datasets.document_encoder import (
     iter_line_chunks,
     ordered_results,
 )
+from megatron.core.datasets.indexed_dataset import (
+    IndexedDatasetBuilder,
+    data_file_path,
+    index_file_path,
+)
 from megatron.core.datasets.merge import merge_datasets
 from megatron.core.datasets.preprocess_config import (
     PreprocessConfig,
     SentenceSplitter,
     TokenizerFactory,
     output_prefix_for,
+)
+from megatron.core.datasets.token_counts import (
+    save_token_counts,
+    temporary_path,
+    token_counts_path,
 )
 
 logger = logging.getLogger(__name__)

@@ -6,8 +6,6 @@ import dataclasses
 import logging
 from typing import Callable, List, Tuple
 
-
-
 logger = logging.getLogger(__name__)
 
 

@@ -2,3 +2,8 @@
 
 from .bert import BertModel
 from .gpt import GPTModel
+
+__all__ = [
+    "BertModel",
+    "GPTModel",
+]

@@ -29,7 +29,8 @@ def _linear(in_f: int, out_f: int, config: TransformerConfig) -> torch.nn.Linear
 
 
 class BertLMHead(torch.nn.Module):
-    """dense -> GeLU -> norm -> logits against the (tied) word embeddings + a vocab-parallel bias."""
+    """dense -> GeLU -> norm -> logits against the (tied) word embeddings + a vocab-parallel
+    bias."""
 
     def __init__(self, config: TransformerConfig, vocab_size: int, tp_group=None):
         super().__init__()

@@ -19,7 +19,8 @@ WORD_EMBEDDINGS = "embedding.word_embeddings.weight"
 
 
 def pad_vocab_size(vocab_size: int, divisible_by: int, tp_size: int) -> int:
-    """Round the vocabulary up to a multiple of divisible_by * tp (--make-vocab-size-divisible-by)."""
+    """Round the vocabulary up to a multiple of divisible_by * tp
+    (--make-vocab-size-divisible-by)."""
     multiple = divisible_by * tp_size
     return ((vocab_size + multiple - 1) // multiple) * multiple
 

@@ -7,3 +7,11 @@ from .schedules import (
     forward_backward_pipelining_without_interleaving,
     get_forward_backward_func,
 )
+
+__all__ = [
+    "broadcast_from_last_stage",
+    "forward_backward_no_pipelining",
+    "forward_backward_pipelining_with_interleaving",
+    "forward_backward_pipelining_without_interleaving",
+    "get_forward_backward_func",
+]

@@ -188,7 +188,10 @@ class PipelineRun:
             raise ValueError(f"got {len(self.chunks)} model chunks, the schedule runs {num_chunks}")
         self.iterators = chunk_iterators(args.data_iterator, num_chunks)
         self.pstate, config = args.pstate, args.config
-        self.forward_step_func, self.num_microbatches = args.forward_step_func, args.num_microbatches
+        self.forward_step_func, self.num_microbatches = (
+            args.forward_step_func,
+            args.num_microbatches,
+        )
         self.forward_only, self.grad_scale_func = args.forward_only, args.grad_scale_func
         self.deallocate_outputs = args.deallocate_outputs
         self.shape = pipeline_tensor_shape(

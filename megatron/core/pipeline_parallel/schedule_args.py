@@ -73,5 +73,7 @@ def schedule_args(args: Optional[ScheduleArgs], kwargs: Dict[str, Any]) -> Sched
     names = {f.name for f in dataclasses.fields(ScheduleArgs)}
     unknown = sorted(set(kwargs) - names)
     if unknown:
-        raise TypeError(f"unknown schedule argument(s) {unknown}; the arguments are {sorted(names)}")
+        raise TypeError(
+            f"unknown schedule argument(s) {unknown}; the arguments are {sorted(names)}"
+        )
     return ScheduleArgs(**kwargs)

@@ -18,7 +18,8 @@ list of reported dicts of the micro-batches (on the last pipeline stage; empty e
 With pipeline parallelism forward_step_func runs on every stage, and every stage reads the same
 micro-batch from its own iterator (tokens, positions, masks, labels: each stage uses what it
 needs). Before the call the schedule hands a stage other than the first its input activations
-through `set_input_tensor` of the unwrapped model chunk (`megatron.core.utils.unwrap_model`); a stage
+through `set_input_tensor` of the unwrapped model chunk (`megatron.core.utils.unwrap_model`); a
+stage
 other than the last returns its hidden states [s, b, h] ([s/tp, b, h] under sequence parallelism)
 and its loss_func is never called. Losses, and so the reported dicts, exist on the last stage
 only: use `broadcast_from_last_stage` to give every rank the values it logs.

@@ -126,7 +126,9 @@ class RandomLTDConfig:
     random_ltd_schedule: Optional[RandomLTDScheduleConfig] = None
     """How many tokens the dropping layers keep at each step (required when enabled)."""
 
-    layer_token_lr_schedule: LayerTokenLRScheduleConfig = json_field(factory=LayerTokenLRScheduleConfig)
+    layer_token_lr_schedule: LayerTokenLRScheduleConfig = json_field(
+        factory=LayerTokenLRScheduleConfig
+    )
     """Learning-rate schedule by layer-tokens."""
 
     global_batch_size: Optional[int] = None

@@ -132,12 +132,14 @@ def check_random_ltd_config(num_layers: int, layer_ids, sequence_parallel: bool)
     bad = [i for i in ids if not 0 <= i < num_layers]
     if bad:
         raise ValueError(
-            f"random_ltd_layer_id {bad} outside the model's layers 0..{num_layers - 1}; list global "
+            f"random_ltd_layer_id {bad} outside the model's layers 0..{num_layers - 1}; list "
+            "global "
             "0-based layer ids"
         )
     if sequence_parallel:
         raise ValueError(
-            "random-LTD does not support --sequence-parallel (each TP rank holds only a slice of the "
+            "random-LTD does not support --sequence-parallel (each TP rank holds only a slice of "
+            "the "
             "sequence, but tokens are dropped per whole sequence); turn one of them off"
         )
     return ids

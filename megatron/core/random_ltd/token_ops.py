@@ -1,7 +1,7 @@
 """Random-LTD token ops: gather the kept tokens of a layer's input, scatter them back, and gather
 the attention mask, position ids and rotary table that go with them.
 
-Every op exists twice (contract 3): a compiled kernel (C++/OpenMP for CPU tensors, from
+Every op exists twice: a compiled kernel (C++/OpenMP for CPU tensors, from
 csrc/random_ltd/token_ops_cpu.cpp; CUDA for CUDA tensors, from csrc/random_ltd/token_ops_cuda.cu
 when that optional extension is built) and a pure-torch reference (`<op>_reference`), which is the
 oracle of tests/unit/test_token_ops.py and the fallback when a kernel is missing. Both give the
@@ -364,7 +364,7 @@ def _checked_mask(mask: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
 def token_sort(indices: torch.Tensor, *, backend: Optional[str] = None) -> torch.Tensor:
     """Each row of the integer tensor `indices` [b, k] sorted ascending, as int64 [b, k].
 
-    No length limit (the seed's CUDA counting sort overflowed above 2048 tokens).
+    No length limit (DeepSpeed's CUDA counting sort of random-LTD overflows above 2048 tokens).
     """
     if indices.dim() != 2:
         raise ValueError(f"indices must be [b, k], got shape {list(indices.shape)}")

@@ -11,3 +11,17 @@ from .layers import (
     set_init,
 )
 from .random import MODEL_PARALLEL_RNG, RNGStatesTracker, checkpoint, model_parallel_seed
+
+__all__ = [
+    "MODEL_PARALLEL_RNG",
+    "ColumnParallelLinear",
+    "RNGStatesTracker",
+    "RowParallelLinear",
+    "VocabParallelEmbedding",
+    "checkpoint",
+    "initialize_parameters",
+    "model_parallel_seed",
+    "parallel_lm_logits",
+    "set_init",
+    "vocab_parallel_cross_entropy",
+]

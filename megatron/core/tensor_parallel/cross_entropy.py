@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-
 import torch.nn.functional as F
 
 from .mappings import all_reduce_tensor, group_rank, group_size

@@ -42,7 +42,8 @@ def divide(numerator: int, denominator: int, what: str = "") -> int:
     """Exact division with an error naming what did not divide."""
     if numerator % denominator:
         raise ValueError(
-            f"{what or 'value'} {numerator} is not divisible by the tensor-parallel size {denominator}"
+            f"{what or 'value'} {numerator} is not divisible by the tensor-parallel size "
+            f"{denominator}"
         )
     return numerator // denominator
 

@@ -3,3 +3,9 @@
 from .block import TransformerBlock
 from .config import TransformerConfig
 from .layer import TransformerLayer
+
+__all__ = [
+    "TransformerBlock",
+    "TransformerConfig",
+    "TransformerLayer",
+]

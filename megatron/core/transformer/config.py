@@ -127,7 +127,8 @@ class TransformerConfig:
         vpp = layout.virtual_pipeline_model_parallel_size
         if self.num_layers % (pp * (vpp or 1)):
             raise ValueError(
-                f"--num-layers {self.num_layers} must be divisible by --pipeline-model-parallel-size "
+                f"--num-layers {self.num_layers} must be divisible by "
+                "--pipeline-model-parallel-size "
                 f"{pp}" + (f" x virtual stages {vpp}" if vpp else "")
             )
 
