@@ -88,8 +88,7 @@ def make_step(model, ids, pos, labels, keep, layer_ids):
             ltd = RandomLTDState(
                 seed=1234,
                 step=counter[0],
-                microbatch=0,
-                dp_rank=0,
+                first_row=0,
                 keep=keep,
                 layer_ids=frozenset(layer_ids),
             )
@@ -116,11 +115,11 @@ def overheads(a, keep, layer_ids, repeats):
     x = torch.randn(s, b, h, requires_grad=True)
     y = torch.randn(keep, b, h, requires_grad=True)
     grad = torch.randn(s, b, h)
-    idx = kept_indices(1234, 1, 0, 2, 0, b, s, keep)
+    idx = kept_indices(1234, 1, 0, 2, b, s, keep)
 
     def indices():
         for layer in layer_ids:
-            kept_indices(1234, 7, 0, layer + 1, 0, b, s, keep)
+            kept_indices(1234, 7, 0, layer, b, s, keep)
 
     def gather_scatter():
         for _ in layer_ids:

@@ -54,6 +54,7 @@ class DataEfficiency:
         pipeline_parallel: whether PP > 1 (BERT's data-dependent padding trim is then turned off).
         seed: --seed (the data_efficiency seed drives the sampler; this one the kept tokens).
         dp_rank: data-parallel rank of this process.
+        dp_size: data-parallel ranks (random-LTD numbers the rows of the whole global batch).
     """
 
     def __init__(
@@ -66,10 +67,11 @@ class DataEfficiency:
         pipeline_parallel: bool,
         seed: int,
         dp_rank: int,
+        dp_size: int = 1,
     ):
         self.ds = ds_config
         self.model_type, self.seq_length, self.num_layers = model_type, seq_length, num_layers
-        self.seed, self.dp_rank = seed, dp_rank
+        self.seed, self.dp_rank, self.dp_size = seed, dp_rank, dp_size
         self.trim_padding = not pipeline_parallel
         de = ds_config.data_efficiency if ds_config is not None else None
         self.curriculum = (
@@ -201,7 +203,12 @@ class DataEfficiency:
     def step_iterator(
         self, data_iterator, step: int, num_micro: int, train: bool = True
     ) -> Iterator[Dict]:
-        """This step's micro-batches: post-processed, with their RandomLTDState attached."""
+        """This step's micro-batches: post-processed, with their RandomLTDState attached.
+
+        Micro-batch m of this rank holds rows (m * dp_size + dp_rank) * b ... of the step's global
+        batch (b rows each, after post-processing): the order in which the batch samplers hand
+        out the global batch, so a row's kept tokens do not depend on the layout.
+        """
         for m in range(num_micro):
             batch = next(data_iterator)
             if train and self.changes_seqlen:
@@ -209,13 +216,12 @@ class DataEfficiency:
                     self.ds, step, batch, self.seq_length, self.model_type, self.trim_padding
                 )
             if train and self.ltd is not None:
-                length = _batch_length(batch, self.model_type)
+                rows, length = _batch_shape(batch, self.model_type)
                 batch = dict(batch)
                 batch["random_ltd"] = RandomLTDState(
                     seed=self.seed,
                     step=step,
-                    microbatch=m,
-                    dp_rank=self.dp_rank,
+                    first_row=(m * self.dp_size + self.dp_rank) * rows,
                     keep=self.keep(step, length),
                     layer_ids=frozenset(self.ltd_layers),
                 )
@@ -307,10 +313,10 @@ class DataEfficiency:
             self.sampler.fast_forward(iteration)
 
 
-def _batch_length(batch: Dict, model_type: str) -> int:
-    key = "text"
-    n = batch[key].shape[1]
-    return n - 1 if model_type == "gpt" else n
+def _batch_shape(batch: Dict, model_type: str) -> Tuple[int, int]:
+    """(rows, model input length) of a micro-batch (GPT text holds one extra token per row)."""
+    rows, n = batch["text"].shape[:2]
+    return int(rows), n - 1 if model_type == "gpt" else n
 
 
 def build_data_efficiency(run, model_type: str, pstate) -> DataEfficiency:
@@ -327,6 +333,7 @@ def build_data_efficiency(run, model_type: str, pstate) -> DataEfficiency:
         pstate.pp_size > 1,
         run.training.seed,
         pstate.dp_rank,
+        pstate.dp_size,
     )
     curriculum_on = obj.curriculum is not None or obj.legacy is not None
     if de_flags.data_efficiency_curriculum_learning and obj.curriculum is None:

@@ -25,9 +25,9 @@ def _cfg(**kw):
     return TransformerConfig(**base)
 
 
-def _state(keep, layers=(1, 2), step=5, mb=0, dp=0):
+def _state(keep, layers=(1, 2), step=5, first_row=0):
     return RandomLTDState(
-        seed=11, step=step, microbatch=mb, dp_rank=dp, keep=keep, layer_ids=frozenset(layers)
+        seed=11, step=step, first_row=first_row, keep=keep, layer_ids=frozenset(layers)
     )
 
 
@@ -84,27 +84,34 @@ def test_layer_equals_dense_masked_reference(causal, mask_kind, rope):
 
 
 def test_indices_are_pure_functions_of_their_inputs():
-    a = kept_indices(1, 5, 0, 3, 0, 4, 100, 30)
-    assert torch.equal(a, kept_indices(1, 5, 0, 3, 0, 4, 100, 30))
+    a = kept_indices(1, 5, 0, 3, 4, 100, 30)  # seed, step, first row, layer, rows, S, K
+    assert torch.equal(a, kept_indices(1, 5, 0, 3, 4, 100, 30))
     assert a.shape == (4, 30) and bool((a[:, 1:] > a[:, :-1]).all())  # sorted, distinct
-    for other in [
-        (1, 5, 0, 3, 1),
-        (1, 6, 0, 3, 0),
-        (1, 5, 1, 3, 0),
-        (1, 5, 0, 4, 0),
-        (2, 5, 0, 3, 0),
-    ]:
-        assert not torch.equal(a, kept_indices(*other, 4, 100, 30)), (
-            other
-        )  # DP rank, step, mb, layer, seed
+    assert a.dtype == torch.int64 and int(a.min()) >= 0 and int(a.max()) < 100
+    # another step, first row, layer or seed
+    for other in [(1, 6, 0, 3), (1, 5, 4, 3), (1, 5, 0, 4), (2, 5, 0, 3)]:
+        assert not torch.equal(a, kept_indices(*other, 4, 100, 30)), other
+    assert len({tuple(row.tolist()) for row in a}) == 4  # every row its own subset
     s = _state(keep=5)
     assert s.indices(2, B, S, "cpu") is s.indices(2, B, S, "cpu")  # cached for recomputation
+
+
+def test_a_row_keeps_the_same_tokens_whatever_the_batch_it_is_in():
+    """What makes random-LTD layout-independent: rows are keyed by their position in the step."""
+    whole = kept_indices(7, 3, 0, 2, 8, 64, 20)  # one micro-batch of the 8 rows
+    halves = torch.cat([kept_indices(7, 3, 0, 2, 4, 64, 20), kept_indices(7, 3, 4, 2, 4, 64, 20)])
+    singles = torch.cat([kept_indices(7, 3, r, 2, 1, 64, 20) for r in range(8)])
+    assert torch.equal(whole, halves) and torch.equal(whole, singles)
+    state = _state(keep=20, layers=(2,), step=3, first_row=4)
+    state.seed = 7
+    assert torch.equal(state.indices(2, 4, 64, "cpu"), whole[4:])
+    assert torch.equal(kept_indices(7, 3, 0, 2, 2, 64, 64), torch.arange(64).expand(2, 64))
 
 
 def test_uniform_selection():
     counts = torch.zeros(50)
     for step in range(400):
-        idx = kept_indices(0, step, 0, 2, 0, 2, 50, 10)
+        idx = kept_indices(0, step, 0, 2, 2, 50, 10)
         counts += torch.bincount(idx.flatten(), minlength=50)
     expected = 400 * 2 * 10 / 50
     assert (counts - expected).abs().max() < 0.25 * expected

@@ -55,8 +55,8 @@ from typing import Callable, Dict, Iterator, List, Mapping, Optional, Tuple, Uni
 
 import numpy as np
 
+from megatron.core.counter_rng import permutation, stream_key, uniform_u64
 from megatron.core.curriculum.clusters import ClusterTable
-from megatron.core.curriculum.counter_rng import permutation, stream_key, uniform_u64
 from megatron.core.curriculum.metric_data import SortedMetric, resolve_metrics
 from megatron.core.curriculum.pacing import curriculum_difficulties
 from megatron.core.deepspeed_config import DataEfficiencyConfig

@@ -5,10 +5,12 @@ of each sequence; the other tokens skip the layer unchanged. The kept positions 
 without replacement and sorted ascending (so causal attention stays causal among them).
 
 `RandomLTDState` is created per micro-batch and carried with it through the model. The kept
-indices of layer l are a pure function of (seed, step, micro-batch, l, data-parallel rank):
-identical on every tensor-parallel rank of a group, different across data-parallel ranks, and
-cached in the state so activation recomputation reuses exactly the same tokens. No mutable state
-is shared between layers or micro-batches.
+indices of a row in layer l are a pure function of (seed, step, the row's position in the step's
+global batch, l): identical on every tensor- and pipeline-parallel rank, the same for every
+data-parallel size and micro-batch count (so a global batch computes the same whatever the layout,
+and a resume at another DP size continues the same run), different from row to row, and cached
+in the state so activation recomputation reuses exactly the same tokens. No mutable state is
+shared between layers or micro-batches.
 """
 
 from __future__ import annotations
@@ -16,22 +18,26 @@ from __future__ import annotations
 import dataclasses
 from typing import Dict, FrozenSet, Tuple
 
+import numpy as np
 import torch
 
-from megatron.core.utils import stable_seed
+from megatron.core.counter_rng import stream_key, uniform_u64
 
 from .token_ops import (
     gather_attention_mask,
     gather_rotary_table,
     token_gather,
     token_scatter,
-    token_sort,
 )
 
 
 def default_layer_ids(num_layers: int) -> Tuple[int, ...]:
     """All layers but the first and the last (0-based layer ids), DeepSpeed's default."""
     return tuple(range(1, num_layers - 1))
+
+
+_TAG_KEPT = 0x524C5444
+"""Separates the kept-token streams from other users of the counter-based random numbers."""
 
 
 @dataclasses.dataclass
@@ -41,16 +47,17 @@ class RandomLTDState:
     Attributes:
         seed: the run's --seed.
         step: the global step (1-based, the step this micro-batch belongs to).
-        microbatch: index of the micro-batch within the step.
-        dp_rank: data-parallel rank (kept tokens differ across DP ranks).
+        first_row: position in the step's global batch of this micro-batch's first row: rows are
+            numbered micro-batch after micro-batch, DP rank after DP rank within one, so that
+            micro-batch m of DP rank r with b rows starts at (m * dp_size + r) * b; a row keeps
+            the same number whatever the data-parallel size and micro-batch count.
         keep: tokens kept per sequence (K) at this step.
         layer_ids: global 0-based ids of the layers that drop tokens.
     """
 
     seed: int
     step: int
-    microbatch: int
-    dp_rank: int
+    first_row: int
     keep: int
     layer_ids: FrozenSet[int]
     _cache: Dict[Tuple[int, int, int], torch.Tensor] = dataclasses.field(
@@ -65,32 +72,37 @@ class RandomLTDState:
         """Sorted kept positions [b, K] (int64) of one layer; the same tensor on every call."""
         key = (layer_id, batch, seq_length)
         if key not in self._cache:
-            self._cache[key] = kept_indices(
-                self.seed,
-                self.step,
-                self.microbatch,
-                layer_id,
-                self.dp_rank,
-                batch,
-                seq_length,
-                self.keep,
-            ).to(device)
+            idx = kept_indices(
+                self.seed, self.step, self.first_row, layer_id, batch, seq_length, self.keep
+            )
+            self._cache[key] = idx.to(device)
         return self._cache[key]
 
 
 def kept_indices(
-    seed, step, microbatch, layer_id, dp_rank, batch, seq_length, keep
+    seed: int, step: int, first_row: int, layer_id: int, batch: int, seq_length: int, keep: int
 ) -> torch.Tensor:
-    """K positions per row drawn uniformly without replacement from [0, S), sorted: [b, K]."""
+    """Sorted kept positions [batch, K] (int64) of rows first_row .. first_row + batch - 1.
+
+    Row r keeps the positions of the K smallest of S counter-based random words of the stream
+    (seed, step, r, layer): a uniform random K-subset of [0, S), a pure function of those four
+    numbers (and K, S), so a row keeps the same tokens in every layout. The low bits of each
+    word are replaced by its position, which makes the words distinct and the subset unique.
+    """
     if not 0 < keep <= seq_length:
         raise ValueError(
             f"random-LTD keeps {keep} tokens of a sequence of {seq_length}; need 0 < K <= S"
         )
-    gen = torch.Generator()
-    gen.manual_seed(stable_seed(seed, f"random-ltd:{step}:{microbatch}:{layer_id}:{dp_rank}"))
-    keys = torch.rand(batch, seq_length, generator=gen)
-    picked = keys.argsort(dim=1)[:, :keep]  # a uniform random K-subset of each row
-    return token_sort(picked)
+    rows = range(int(first_row), int(first_row) + int(batch))
+    keys = np.array([stream_key(seed, _TAG_KEPT, step, layer_id, r) for r in rows], np.uint64)
+    words = uniform_u64(keys, seq_length) if batch else np.zeros((0, seq_length), np.uint64)
+    bits = np.uint64(max(1, (seq_length - 1).bit_length()))
+    words = ((words >> bits) << bits) | np.arange(seq_length, dtype=np.uint64)  # [b, S]
+    if keep < seq_length:
+        picked = np.argpartition(words, keep - 1, axis=1)[:, :keep]  # [b, K], unordered
+    else:
+        picked = np.broadcast_to(np.arange(seq_length), words.shape)
+    return torch.from_numpy(np.sort(picked, axis=1).astype(np.int64))
 
 
 def _gather_padding_mask(mask: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
