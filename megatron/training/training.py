@@ -34,10 +34,11 @@ from .budget import build_scheduler, schedule_spans, train_num_samples
 from .data_efficiency import build_data_efficiency
 from .data_samplers import CyclicSampler, PretrainingSampler
 from .initialize import Runtime, initialize
-from .liveness import report_lost_ranks
+from .liveness import JobGone, PeerLiveness, report_lost_ranks
 from .lr_scheduler import OptimizerParamScheduler
 from .metrics import IterationLogger, MetricSink, build_sinks, flops_per_token
 from .microbatches import MicroBatchCalculator
+from .save_lock import acquire_save_lock
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +86,9 @@ class TrainingContext:
 
     flops_per_token: float
     """Model FLOPs per trained token (throughput figures)."""
+
+    liveness: Optional[PeerLiveness] = None
+    """Heartbeats and the watch on the job (None in a single process not run by torchrun)."""
 
     def schedule_args(
         self, data_iterator, num_microbatches: int, shape: Tuple[int, int], forward_only: bool
@@ -357,9 +361,17 @@ def _count(st: TrainState, plan: StepPlan, report: Dict[str, float], ok: bool, f
         st.nan_iterations += 1
 
 
-def _exit_reason(run: RunConfig, st: TrainState, exit_signal: _ExitSignal, start: float):
+JOB_GONE = "the job is gone"
+"""Start of the exit reason when the torchrun agent or the rendezvous store is gone."""
+
+
+def _exit_reason(ctx: TrainingContext, st: TrainState, exit_signal: _ExitSignal, start: float):
     """Why the loop stops after this iteration (None: it goes on); agreed by every rank."""
+    run = ctx.run
     tr = run.training
+    gone = ctx.liveness.job_gone if ctx.liveness is not None else None
+    if _any_rank(gone is not None):
+        return f"{JOB_GONE}: {gone or 'another rank noticed that its agent or the store is gone'}"
     if _any_rank(exit_signal.received):
         return "SIGTERM received"
     minutes = tr.exit_duration_in_mins
@@ -379,7 +391,7 @@ def _after_step(ctx: TrainingContext, st: TrainState, valid_loader, exit_signal,
     if ck.save and ck.save_interval and st.iteration % ck.save_interval == 0:
         save(ctx, st)
         saved = True
-    reason = _exit_reason(ctx.run, st, exit_signal, start)
+    reason = _exit_reason(ctx, st, exit_signal, start)
     if reason:
         if ck.save and not saved:
             save(ctx, st)
@@ -566,35 +578,59 @@ def pretrain(
     """
     run, calc, n_train = _parse(argv, extra_args_provider, args_defaults)
     rt = initialize(run)
-    rt.data_efficiency = build_data_efficiency(run, model_type, rt.pstate)
-    model = build_model(model_provider, run, rt)
+    script = _Script(datasets_provider, model_provider, forward_step, model_type)
+    # From here on a collective that fails because a rank died is an error naming that rank.
+    with report_lost_ranks(run.parallel.distributed_timeout_minutes) as liveness:
+        lock = acquire_save_lock(run.checkpoint.save, rt.pstate.rank)
+        try:
+            return _build_and_train(run, rt, calc, n_train, script, liveness, history)
+        finally:
+            if lock is not None:
+                lock.release()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Script:
+    """The pretraining script's callbacks (see the module docstring) and its model type."""
+
+    datasets_provider: Callable
+    model_provider: Callable
+    forward_step: Callable
+    model_type: str
+
+
+def _build_and_train(run, rt, calc, n_train, script: _Script, liveness, history) -> TrainState:
+    """Build the model, optimizer and data, load --load, train, evaluate, save."""
+    rt.data_efficiency = build_data_efficiency(run, script.model_type, rt.pstate)
+    model = build_model(script.model_provider, run, rt)
     optimizer = get_megatron_optimizer(run.optimizer, model, rt.pstate)
     vocab = unwrap_model(model[0]).vocab_size
     ctx = TrainingContext(
         run=run,
         rt=rt,
-        forward_step=forward_step,
+        forward_step=script.forward_step,
         model=model,
         optimizer=optimizer,
         scheduler=build_scheduler(run, optimizer, n_train, rt.data_efficiency),
         calc=calc,
         sink=build_sinks(run.logging, rt.pstate.rank, run.to_plain_dict()),
         flops_per_token=flops_per_token(
-            run.transformer, run.model.seq_length, vocab, model_type == "gpt"
+            run.transformer, run.model.seq_length, vocab, script.model_type == "gpt"
         ),
+        liveness=liveness,
     )
     st = TrainState()
     de_state = _load(ctx, st) if run.checkpoint.load else None
     train_loader, valid_loader, test_loader = _build_loaders(
-        ctx, st, datasets_provider, n_train, de_state
+        ctx, st, script.datasets_provider, n_train, de_state
     )
     reason = None
     if not run.training.skip_train:
         if train_loader is None:
             raise ValueError("no training samples: check --data-path and --split")
-        # A collective that fails because a rank died becomes an error naming that rank.
-        with report_lost_ranks(run.parallel.distributed_timeout_minutes):
-            reason = train(ctx, st, train_loader, valid_loader, history)
+        reason = train(ctx, st, train_loader, valid_loader, history)
+        if reason is not None and reason.startswith(JOB_GONE):
+            raise JobGone(f"stopped at iteration {st.iteration}: {reason}")
         if run.checkpoint.save and reason is None and rt.last_saved_iteration != st.iteration:
             save(ctx, st)
     if reason is None:

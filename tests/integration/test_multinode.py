@@ -26,13 +26,25 @@ TINY = (
 
 
 class Node:
-    """One `torchrun --nnodes 2 --node-rank R` agent; its output is collected as it arrives."""
+    """One `torchrun --nnodes N --node-rank R` agent; its output is collected as it arrives.
 
-    def __init__(self, repo_root, node_rank: int, port: int, args: List[str]):
+    `script` is the training script (a path relative to the repository, or absolute)."""
+
+    def __init__(
+        self,
+        repo_root,
+        node_rank: int,
+        port: int,
+        args: List[str],
+        nnodes: int = 2,
+        nproc: int = 1,
+        script: str = "pretrain_gpt.py",
+    ):
         rendezvous = ["--master-addr", "127.0.0.1", "--master-port", str(port)]
-        cmd = [sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nnodes", "2"]
-        cmd += ["--node-rank", str(node_rank), "--nproc-per-node", "1"]
-        cmd += ["pretrain_gpt.py", *args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", *rendezvous, "--nnodes", str(nnodes)]
+        cmd += ["--node-rank", str(node_rank), "--nproc-per-node", str(nproc)]
+        cmd += [script, *args]
+        self.marker = os.path.basename(script).encode()  # in the training processes' cmdline
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         # A session of its own: kill() ends the agent and the training process it started.
         self.proc = subprocess.Popen(
@@ -69,7 +81,7 @@ class Node:
         for pid in self._workers | set(self._children()):
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    if b"pretrain_gpt.py" in f.read():  # still ours, not a reused PID
+                    if self.marker in f.read():  # still ours, not a reused PID
                         os.kill(pid, signal.SIGKILL)
             except (OSError, ProcessLookupError):
                 pass
@@ -80,7 +92,7 @@ class Node:
         self.proc.wait(10)
 
     def _children(self) -> List[int]:
-        """PIDs of the agent's children running pretrain_gpt.py."""
+        """PIDs of the agent's children running the training script."""
         found = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -92,7 +104,7 @@ class Node:
                     cmdline = f.read()
             except OSError:
                 continue
-            if ppid == self.proc.pid and b"pretrain_gpt.py" in cmdline:
+            if ppid == self.proc.pid and self.marker in cmdline:
                 found.append(int(entry))
         return found
 
@@ -162,6 +174,94 @@ def test_lost_rank_is_named_and_survivor_exits(repo_root, sig):
         assert "Timed out" in out or "timeout" in out.lower()
     # (Timeout of 6 s when frozen) + heartbeat diagnosis (3 beats of 1.5 s) + agent shutdown.
     assert elapsed < 60, f"the survivor took {elapsed:.0f} s to exit"
+
+
+_DIES_WHILE_DATASETS_BUILD = """
+import os, sys
+sys.path.insert(0, {repo!r})
+import torch.distributed
+import pretrain_gpt
+from megatron.training.training import pretrain
+
+def datasets_provider(run, rt, num_samples):
+    if rt.pstate.rank == 1:
+        os._exit(3)  # dies while the datasets are built, before training starts
+    datasets = pretrain_gpt.datasets_provider(run, rt, num_samples)
+    torch.distributed.barrier()  # as after an index build: rank 0 waits for rank 1 here
+    return datasets
+
+pretrain(datasets_provider, pretrain_gpt.model_provider, pretrain_gpt.forward_step)
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_lost_during_start_up_is_named(repo_root, tmp_path):
+    """Rank 1 dies while datasets are built (rank 0 waits for it in the data barrier): rank 0
+    exits naming rank 1, not with a bare gloo error."""
+    script = tmp_path / "pretrain_gpt_dies_at_start.py"
+    script.write_text(_DIES_WHILE_DATASETS_BUILD.format(repo=str(repo_root)))
+    args = TINY + ["--train-iters", "5", "--distributed-timeout-minutes", "0.1"]
+    port = free_port()
+    nodes = [Node(repo_root, r, port, args, script=str(script)) for r in (0, 1)]
+    try:
+        code = nodes[0].wait(120)
+        assert nodes[1].wait(60) != 0
+    finally:
+        for n in nodes:
+            n.kill()
+    out = nodes[0].output
+    assert code != 0, out[-3000:]
+    assert "lost rank(s) [1]" in out, out[-3000:]
+    assert not _iterations(out)  # it never trained
+
+
+def _live_pids(pids) -> List[int]:
+    alive = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] != "Z":  # not a zombie
+                    alive.append(pid)
+        except OSError:
+            pass
+    return alive
+
+
+@pytest.mark.slow
+def test_training_stops_when_the_torchrun_agent_is_killed(repo_root, tmp_path):
+    """Killing the agent orphans its two training processes: they stop at the end of the
+    iteration (both, at the same one) instead of training and saving on; the checkpoint they
+    leave is complete and the tracker stops moving."""
+    save = tmp_path / "ckpt"
+    args = TINY + "--train-iters 100000 --distributed-timeout-minutes 0.1".split()
+    args += ["--save", str(save), "--save-interval", "5"]
+    node = Node(repo_root, 0, free_port(), args, nnodes=1, nproc=2)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_iterations(node.output)) < 3:
+            assert time.monotonic() < deadline, "training did not start:\n" + node.output[-3000:]
+            assert node.proc.poll() is None, node.output[-3000:]
+            time.sleep(0.2)
+        workers = node._children()
+        assert len(workers) == 2
+        node._workers.update(workers)
+        os.kill(node.proc.pid, signal.SIGKILL)  # the agent only: its workers are orphaned
+        killed_at = time.monotonic()
+        while _live_pids(workers) and time.monotonic() - killed_at < 60:
+            time.sleep(0.2)
+        left = _live_pids(workers)
+        elapsed = time.monotonic() - killed_at
+        node._reader.join(timeout=10)
+    finally:
+        node.kill()
+    out = node.output
+    assert not left, f"orphaned training processes {left} still running:\n" + out[-3000:]
+    assert "torchrun agent" in out or "rendezvous store" in out, out[-3000:]
+    assert "stopped at iteration" in out, out[-3000:]
+    tracker = (save / "latest_checkpointed_iteration.txt").read_text().strip()
+    stopped = int(re.findall(r"stopped at iteration (\d+)", out)[-1])
+    assert int(tracker) == stopped  # the final state was saved, and nothing after it
+    assert elapsed < 60
 
 
 LAUNCHERS = [
