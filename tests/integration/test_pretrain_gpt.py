@@ -1,6 +1,9 @@
 """pretrain_gpt end to end in one process: loss falls, exact resume, checkpoint format, errors."""
 
+import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -124,6 +127,41 @@ def test_loss_falls_on_predictable_data(tmp_path):
     first = sum(h["lm loss"] for h in history[:5]) / 5
     last = sum(h["lm loss"] for h in history[-5:]) / 5
     assert last < first - 0.5
+
+
+def test_data_of_another_tokenizer_stops_the_run_naming_the_file(tmp_path, repo_root):
+    """Preprocessed for 200 ids, trained with 61: an error at dataset opening that names the file,
+    the id and both sizes (was: IndexError deep in the embedding, or silently training on
+    padding ids when the id fell inside the padded vocabulary)."""
+    from tools.preprocess_data import main as preprocess_main
+
+    with open(tmp_path / "in.jsonl", "w") as f:
+        for i in range(30):
+            f.write(json.dumps({"text": " ".join(str((7 * i + j) % 60) for j in range(40))}))
+            f.write("\n")
+    prefix = tmp_path / "corpus"
+    flags = ["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(prefix)]
+    flags += ["--tokenizer-type", "NullTokenizer", "--vocab-size", "199", "--append-eod"]
+    assert preprocess_main(flags) == 0
+    data = f"{prefix}_text_document"
+    argv = [a for a in TINY if a != "--mock-data"] + ["--train-iters", "3", "--split", "100,0,0"]
+    argv += ["--data-path", data, "--data-cache-path", str(tmp_path / "cache")]
+    res = subprocess.run(
+        [sys.executable, "pretrain_gpt.py", *argv],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 1, res.stderr[-2000:]
+    # 199 is the end-of-document id of the 200-id tokenizer, appended after each document.
+    assert (
+        f"ValueError: {data}.bin: token id 199 at document 0, sequence 0, token 40 is outside the "
+        "model's vocabulary of 61 ids (the file's ids span 0..199, read from "
+        "corpus_text_document.token_counts.npy)" in res.stderr
+    ), res.stderr[-2000:]
+    assert "IndexError" not in res.stderr
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.parametrize(
