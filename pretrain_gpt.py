@@ -37,6 +37,7 @@ def datasets_provider(run, rt, num_samples):
         eod_mask_loss=d.eod_mask_loss,
         eod_token=rt.tokenizer.eod,
         create_attention_mask=d.reset_attention_mask,
+        vocab_size=rt.tokenizer.vocab_size,  # every data file's ids are checked against it
     )
     return build_datasets(GPTDataset, config, num_samples)
 

@@ -47,8 +47,8 @@ def sample_next(
     return int(torch.multinomial(logits.softmax(-1), 1, generator=gen))
 
 
-def load_model(load: str, iteration: Optional[int] = None):
-    """(model, stored args) of a TP=1, PP=1 GPT checkpoint."""
+def read_checkpoint(load: str, iteration: Optional[int] = None) -> dict:
+    """The state dict of a TP=1, PP=1 GPT checkpoint (its stored arguments under "args")."""
     it, release = (iteration, False) if iteration is not None else ckpt.read_tracker(load)
     if it is None:
         raise FileNotFoundError(f"{load}: no {ckpt.TRACKER_FILENAME}; is this a --save folder?")
@@ -58,7 +58,15 @@ def load_model(load: str, iteration: Optional[int] = None):
             f"{path}: missing; generation needs a TP=1, PP=1 checkpoint (convert others with "
             "tools/checkpoint_util.py)"
         )
-    sd = ckpt.load_checkpoint_file(path)
+    return ckpt.load_checkpoint_file(path)
+
+
+def model_from_checkpoint(sd: dict, true_vocab_size: Optional[int] = None) -> GPTModel:
+    """The GPT model of a checkpoint's state dict, in eval mode.
+
+    true_vocab_size: the tokenizer's vocabulary size; the padded ids beyond it
+    (--make-vocab-size-divisible-by) are then left out of the logits, so they are never sampled.
+    """
     args = sd["args"]
     tc = dict(args["transformer"])
     tc["params_dtype"] = torch.float32
@@ -78,9 +86,18 @@ def load_model(load: str, iteration: Optional[int] = None):
         share_embeddings_and_output_weights=not args["model"][
             "untie_embeddings_and_output_weights"
         ],
+        true_vocab_size=true_vocab_size,
     )
     ckpt.restore_model(sd, [model])
-    return model.eval(), args
+    return model.eval()
+
+
+def build_stored_tokenizer(args: dict, overrides: dict):
+    """The tokenizer of the stored arguments, with the given file paths replacing the stored
+    ones."""
+    tk = dict(args["tokenizer"])
+    tk.update({k: v for k, v in overrides.items() if v})
+    return build_tokenizer(TokenizerConfig(**tk))
 
 
 @torch.no_grad()
@@ -118,12 +135,13 @@ def main(argv=None) -> int:
     p.add_argument("--merge-file", default=None)
     p.add_argument("--tokenizer-model", default=None)
     a = p.parse_args(argv)
-    model, args = load_model(a.load, a.ckpt_step)
-    tk = dict(args["tokenizer"])
-    for key in ("vocab_file", "merge_file", "tokenizer_model"):
-        if getattr(a, key):
-            tk[key] = getattr(a, key)
-    tokenizer = build_tokenizer(TokenizerConfig(**tk))
+    sd = read_checkpoint(a.load, a.ckpt_step)
+    args = sd["args"]
+    files = {k: getattr(a, k) for k in ("vocab_file", "merge_file", "tokenizer_model")}
+    tokenizer = build_stored_tokenizer(args, files)
+    # Only the tokenizer's ids are candidates: the padding ids of the embedding are left out.
+    model = model_from_checkpoint(sd, tokenizer.vocab_size)
+    del sd
     max_len = args["model"]["seq_length"]
     for i, prompt in enumerate(a.prompt or ["It is a truth universally acknowledged"]):
         ids = tokenizer.tokenize(prompt)

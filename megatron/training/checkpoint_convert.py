@@ -22,8 +22,10 @@ starts its RNG streams from --seed (with dropout on, the dropout masks differ fr
 unconverted run's anyway, since they depend on the layout).
 
 When the padded vocabulary differs between the layouts (--make-vocab-size-divisible-by x TP),
-vocabulary-sized tensors are truncated or padded with zeros (padding rows are never looked up;
-as logits they contribute like any padding row of a fresh model).
+vocabulary-sized tensors keep their real rows and have their padding truncated or extended with
+zero rows. That is exact: padding ids are never looked up, the models leave their logits out of
+the softmax (their rows get no gradient and start at zero in a fresh model), so the converted
+model computes the same losses and gradients as the source.
 """
 
 from __future__ import annotations
@@ -437,7 +439,7 @@ def load_merged(
 
 
 # ---- splitting and writing -------------------------------------------------------------------
-def _tokenizer_vocab_size(args: Dict[str, Any]) -> Optional[int]:
+def tokenizer_vocab_size(args: Dict[str, Any]) -> Optional[int]:
     """Unpadded vocabulary size of the stored tokenizer, None when it cannot be built here."""
     tok = args.get("tokenizer")
     if not tok:
@@ -458,14 +460,21 @@ def _tokenizer_vocab_size(args: Dict[str, Any]) -> Optional[int]:
 def target_vocab_size(
     merged: MergedCheckpoint, target: Layout, true_vocab_size: Optional[int] = None
 ) -> int:
-    """The padded vocabulary a run at `target` builds (--make-vocab-size-divisible-by x TP)."""
+    """The padded vocabulary a run at `target` builds (--make-vocab-size-divisible-by x TP).
+
+    Raises ValueError when `true_vocab_size` (--true-vocab-size) cannot be the source's: it does
+    not pad to the source's rows, or the stored tokenizer says otherwise (a smaller one would
+    cut real rows off).
+    """
     divisible = merged.args["model"]["make_vocab_size_divisible_by"]
-    vocab = true_vocab_size or _tokenizer_vocab_size(merged.args)
+    src = merged.padded_vocab_size
+    vocab = true_vocab_size or tokenizer_vocab_size(merged.args)
+    if true_vocab_size is not None:
+        _check_true_vocab_size(merged, true_vocab_size, divisible)
     if vocab is not None:
         return pad_vocab_size(vocab, divisible, target.tp)
     # Unknown tokenizer: the source padding bounds it to (src - divisible x TP, src] ids; when
     # every size in that range pads to the same target size, that is the answer.
-    src = merged.padded_vocab_size
     smallest = max(1, src - divisible * merged.layout.tp + 1)
     candidates = {pad_vocab_size(v, divisible, target.tp) for v in (smallest, src)}
     if len(candidates) == 1:
@@ -475,6 +484,24 @@ def target_vocab_size(
         f"{target.tp}, but the tokenizer's vocabulary size is unknown (its files could not be "
         "read); pass --true-vocab-size"
     )
+
+
+def _check_true_vocab_size(merged: MergedCheckpoint, true_vocab_size: int, divisible: int) -> None:
+    src, tp = merged.padded_vocab_size, merged.layout.tp
+    if pad_vocab_size(true_vocab_size, divisible, tp) != src:
+        raise ValueError(
+            f"--true-vocab-size {true_vocab_size} pads to "
+            f"{pad_vocab_size(true_vocab_size, divisible, tp)} rows at TP {tp}, but the source "
+            f"has {src} (--make-vocab-size-divisible-by {divisible}): pass the vocabulary size "
+            f"of the tokenizer it was trained with (between {max(1, src - divisible * tp + 1)} "
+            f"and {src})"
+        )
+    stored = tokenizer_vocab_size(merged.args)
+    if stored is not None and stored != true_vocab_size:
+        raise ValueError(
+            f"--true-vocab-size {true_vocab_size} differs from the stored tokenizer's {stored} "
+            "ids; drop --true-vocab-size (the stored tokenizer is readable)"
+        )
 
 
 def _fit(t: torch.Tensor, spec: ParamSpec) -> torch.Tensor:

@@ -253,7 +253,9 @@ class ModelConfig:
     """Rows of the learned position table (default: --seq-length)."""
 
     make_vocab_size_divisible_by: int = 128
-    """Pad the vocabulary to a multiple of this (times TP) for efficient shards."""
+    """Pad the vocabulary to a multiple of this (times TP) for efficient shards; the padding ids
+    take no part in the softmax, the loss or sampling, so the model is the same at every TP
+    size."""
 
     untie_embeddings_and_output_weights: bool = False
     """Separate output layer instead of reusing the word embeddings."""

@@ -157,10 +157,12 @@ def plan_step(ctx: TrainingContext, st: TrainState) -> StepPlan:
 def language_model_kwargs(
     run: RunConfig, rt: Runtime, pre_process: bool, post_process: bool, vp_rank: Optional[int]
 ) -> Dict[str, Any]:
-    """The arguments GPTModel and BertModel take from the run and the runtime."""
+    """The arguments GPTModel and BertModel take from the run and the runtime (the padded
+    vocabulary and the tokenizer's, whose padding ids the models leave out of the softmax)."""
     return dict(
         config=run.transformer,
         vocab_size=rt.padded_vocab_size,
+        true_vocab_size=rt.tokenizer.vocab_size if rt.tokenizer is not None else None,
         max_sequence_length=run.model.max_position_embeddings,
         pstate=rt.pstate,
         rng_tracker=rt.rng_tracker,

@@ -142,6 +142,28 @@ def _cross_entropy(group, r, n):
         vocab_parallel_cross_entropy(shard, target.t(), group)
 
 
+def _cross_entropy_padded(group, r, n, vocab_size):
+    """Columns >= vocab_size are padding: out of the softmax (huge logits there change nothing),
+    zero gradient (the reference's, through the slice); with vocab_size 5 rank 1 holds padding
+    only."""
+    logits = _full((S, B, VOCAB), 18, torch.float32) * 3
+    logits[..., vocab_size:] += 100.0
+    logits = _leaf(logits)
+    target = torch.tensor([[0, vocab_size - 1], [2, 1], [vocab_size - 1, 3], [4, 0]])
+    grad = _full((S, B), 19, torch.float32)
+    real = logits[..., :vocab_size]
+    ref = F.cross_entropy(real.reshape(-1, vocab_size), target.reshape(-1), reduction="none")
+    ref.view(S, B).backward(grad)
+    shard = _leaf(_blocks(logits, -1, r, n))
+    loss = vocab_parallel_cross_entropy(shard, target, group, vocab_size)
+    name = f"cross entropy vocab_size={vocab_size}"
+    _close(name, loss, ref.view(S, B), 1e-5)
+    loss.backward(grad)
+    _close(name + " dlogits", shard.grad, _blocks(logits.grad, -1, r, n), 1e-6)
+    with pytest.raises(ValueError, match=r"vocab_size 17 must be in \[1, 16\]"):
+        vocab_parallel_cross_entropy(shard, target, group, VOCAB + 1)
+
+
 def _lm_logits(group, r, n, sp):
     name = f"lm logits sp={sp}"
     hidden, w = _leaf(_full((S, B, H), 13)), _leaf(_full((VOCAB, H), 14))
@@ -197,6 +219,8 @@ def _body(rank, world_size):
         _lm_logits(group, rank, n, sp)
     _embedding(group, rank, n)
     _cross_entropy(group, rank, n)
+    for vocab_size in (5, 11):
+        _cross_entropy_padded(group, rank, n, vocab_size)
     _rng_streams(rank, n)
     return "ok"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Dict, List
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
@@ -39,7 +40,7 @@ def make_config(**kw) -> TransformerConfig:
     return TransformerConfig(**base)
 
 
-def gpt_batches(m: int, s: int, b: int, seed: int) -> List[dict]:
+def gpt_batches(m: int, s: int, b: int, seed: int, vocab: int = VOCAB) -> List[dict]:
     """Micro-batches shaped like the GPT dataset's: text [b, s + 1], positions, loss mask."""
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -48,7 +49,7 @@ def gpt_batches(m: int, s: int, b: int, seed: int) -> List[dict]:
         mask[:, 0] = 1.0
         out.append(
             {
-                "text": torch.randint(0, VOCAB, (b, s + 1), generator=g),
+                "text": torch.randint(0, vocab, (b, s + 1), generator=g),
                 "position_ids": torch.arange(s).expand(b, s).clone(),
                 "loss_mask": mask,
             }
@@ -69,19 +70,19 @@ def gpt_forward_step(data_iterator, model):
     return output, functools.partial(_gpt_loss, batch["loss_mask"])
 
 
-def bert_batches(m: int, s: int, b: int, seed: int) -> List[dict]:
+def bert_batches(m: int, s: int, b: int, seed: int, vocab: int = VOCAB) -> List[dict]:
     """Sentence-pair micro-batches with padding, MLM labels (-1 = not predicted), SOP labels."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for _ in range(m):
         padding = torch.ones(b, s, dtype=torch.long)
         padding[0, s - 2 :] = 0
-        labels = torch.randint(0, VOCAB, (b, s), generator=g)
+        labels = torch.randint(0, vocab, (b, s), generator=g)
         predicted = (torch.rand(b, s, generator=g) < 0.3) & (padding == 1)
         predicted[:, 1] = True
         out.append(
             {
-                "text": torch.randint(0, VOCAB, (b, s), generator=g),
+                "text": torch.randint(0, vocab, (b, s), generator=g),
                 "types": (torch.arange(s) >= s // 2).long().expand(b, s).clone(),
                 "padding_mask": padding,
                 "labels": labels.masked_fill(~predicted, -1),
@@ -116,9 +117,10 @@ KINDS = {
 
 
 def build_chunks(
-    kind: str, cfg: TransformerConfig, pstate: ParallelState, **model_kw
+    kind: str, cfg: TransformerConfig, pstate: ParallelState, rows: int = VOCAB, **model_kw
 ) -> List[torch.nn.Module]:
-    """This rank's model chunks (one per virtual stage), initialised from SEED."""
+    """This rank's model chunks (one per virtual stage, `rows` embedding rows), initialised
+    from SEED."""
     cls = KINDS[kind][0]
     vpp = pstate.vpp_size
     chunks = []
@@ -126,7 +128,7 @@ def build_chunks(
         vp_rank = v if vpp else None
         model = cls(
             cfg,
-            VOCAB,
+            rows,
             MAX_POS,
             pstate,
             None,
@@ -140,15 +142,16 @@ def build_chunks(
     return chunks
 
 
-def serial_reference(kind: str, cfg_kw: dict, batches: List[dict], **model_kw):
-    """(reports, {global name: grad}) of the whole model on one rank, one micro-batch at a time."""
+def serial_reference(kind: str, cfg_kw: dict, batches: List[dict], rows: int = VOCAB, **model_kw):
+    """(reports, {global name: grad}) of the whole model (`rows` embedding rows) on one rank, one
+    micro-batch at a time."""
     cls, _, forward_step = KINDS[kind]
     kw = {
         k: v
         for k, v in cfg_kw.items()
         if k not in ("sequence_parallel", "tensor_model_parallel_size")
     }
-    model = cls(make_config(**kw), VOCAB, MAX_POS, **model_kw)
+    model = cls(make_config(**kw), rows, MAX_POS, **model_kw)
     model.initialize(SEED)
     reports = forward_backward_no_pipelining(
         forward_step_func=forward_step,
@@ -267,3 +270,54 @@ def test_gpt_tensor_parallel_matches_serial():
 def test_bert_tensor_parallel_matches_serial():
     results = run_distributed(_tp_body, 2, "bert", BERT_VARIANTS, timeout=180)
     assert results[0] == results[1] and len(results[0]) == len(BERT_VARIANTS)
+
+
+# ---- a vocabulary padded differently at TP = 1 and TP = 2 -----------------------------------
+# 70 ids with --make-vocab-size-divisible-by 16: 80 rows at TP 1, 96 at TP 2.
+TRUE_VOCAB, ROWS_TP1, ROWS_TP2 = 70, 80, 96
+VOCAB_SIZED = (WORD_EMB, "output_layer.weight", "lm_head.bias")
+
+
+def real_rows(grads: Dict[str, torch.Tensor], where: str) -> Dict[str, torch.Tensor]:
+    """The gradients with vocabulary-sized ones cut to the real ids; padding rows must have none."""
+    out = {}
+    for name, g in grads.items():
+        if name in VOCAB_SIZED:
+            assert not g[TRUE_VOCAB:].any(), f"{where}: padding rows of {name} got a gradient"
+            g = g[:TRUE_VOCAB]
+        out[name] = g
+    return out
+
+
+def _padded_body(rank, world_size, kind, variants):
+    pstate = ParallelState.initialize(tensor_model_parallel_size=2)
+    make_batches, forward_step = KINDS[kind][1:]
+    for label, cfg_kw, model_kw in variants:
+        model_kw = dict(model_kw, true_vocab_size=TRUE_VOCAB)
+        batches = make_batches(2, 8, 2, seed=len(label), vocab=TRUE_VOCAB)
+        ref_reports, ref_grads = serial_reference(kind, cfg_kw, batches, ROWS_TP1, **model_kw)
+        cfg = make_config(**cfg_kw)
+        (chunk,) = build_chunks(kind, cfg, pstate, ROWS_TP2, **model_kw)
+        reports = forward_backward_no_pipelining(
+            forward_step_func=forward_step,
+            data_iterator=iter(batches),
+            model=chunk,
+            num_microbatches=2,
+            pstate=pstate,
+            config=cfg,
+        )
+        assert_close_reports(reports, ref_reports, label)
+        full = real_rows(gather_full_grads([chunk], pstate), f"{label} TP2")
+        assert full.keys() == ref_grads.keys(), label
+        assert_close_grads(full, real_rows(ref_grads, f"{label} TP1"), label)
+    return "ok"
+
+
+@pytest.mark.parametrize(
+    "kind,variants",
+    [("gpt", [GPT_VARIANTS[0], GPT_VARIANTS[2]]), ("bert", BERT_VARIANTS[:1])],
+    ids=["gpt", "bert"],
+)
+def test_vocabulary_padded_differently_per_tp_gives_the_same_model(kind, variants):
+    """80 rows at TP 1 and 96 at TP 2 for 70 ids: the same losses and real-row gradients."""
+    assert run_distributed(_padded_body, 2, kind, variants, timeout=180) == ["ok", "ok"]

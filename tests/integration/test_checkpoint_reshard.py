@@ -15,7 +15,14 @@ from megatron.core.tensor_parallel.init import shard_of
 from megatron.training import checkpoint_convert as cc
 from megatron.training import checkpointing as ckpt
 from tests.distributed.launcher import run_distributed
-from tests.integration.test_layout_matrix import COMMON, GPT_ARGS, _train, layout_flags
+from tests.integration.test_layout_matrix import (
+    COMMON,
+    GPT_ARGS,
+    PADDED_VOCAB,
+    TRUE_VOCAB,
+    _train,
+    layout_flags,
+)
 from tools import checkpoint_util
 
 # Adam with its default eps: what users run. Losses are insensitive to the noise-driven steps of
@@ -171,6 +178,45 @@ def test_vocab_padding_follows_the_target_tp(tp2pp2, tmp_path):
     assert_equal_nested(cc.load_merged(str(tmp_path / "back")).model, narrow.model)
 
 
+def test_tp1_to_tp2_with_other_vocab_padding_continues_like_the_original(tmp_path):
+    """70 ids: 80 rows at TP 1, 96 at TP 2. The converted checkpoint keeps the real rows, its
+    added padding rows are zero, and TP 2 continues the TP 1 run; converting back is lossless."""
+    base = GPT + PADDED_VOCAB
+    train("gpt", base, 1, 1, None, 1, ["--exit-interval", "3", "--save", str(tmp_path / "A")])
+    expect = train("gpt", base, 1, 1, None, 1, ["--load", str(tmp_path / "A")])
+    assert convert(tmp_path / "A", tmp_path / "B", 2, 1) == 0
+    source, wide = cc.load_merged(str(tmp_path / "A")), cc.load_merged(str(tmp_path / "B"))
+    assert (source.padded_vocab_size, wide.padded_vocab_size) == (80, 96)
+    for table in (wide.model, wide.optimizer["params"][cc.WORD_EMBEDDINGS]):
+        emb = table[cc.WORD_EMBEDDINGS] if table is wide.model else table["exp_avg"]
+        assert emb.shape[0] == 96 and not emb[TRUE_VOCAB:].any()
+    emb = source.model[cc.WORD_EMBEDDINGS]
+    assert torch.equal(wide.model[cc.WORD_EMBEDDINGS][:80], emb) and not emb[TRUE_VOCAB:].any()
+    got = train("gpt", base, 2, 1, None, 1, ["--load", str(tmp_path / "B")])
+    assert [h["iteration"] for h in got] == [4, 5, 6]
+    assert_same_losses(got, expect)
+    assert convert(tmp_path / "B", tmp_path / "back", 1, 1) == 0
+    assert_equal_nested(cc.load_merged(str(tmp_path / "back")).model, source.model)
+
+
+@pytest.mark.parametrize(
+    "size,message",
+    [
+        ("20", "--true-vocab-size 20 differs from the stored tokenizer's 61 ids"),
+        ("65", "--true-vocab-size 65 pads to 128 rows at TP 2, but the source has 64"),
+    ],
+)
+def test_true_vocab_size_that_cannot_be_the_source_is_an_error(
+    tp2pp2, tmp_path, capsys, size, message
+):
+    """A wrong --true-vocab-size (a smaller one would cut real rows off at TP 1) is refused
+    before anything is written."""
+    root, _ = tp2pp2
+    assert convert(root / "A", tmp_path / "bad", 1, 1, None, "--true-vocab-size", size) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 @pytest.mark.parametrize("stride,dim", [(1, 0), (1, 1), (2, 0)])
 def test_merge_inverts_the_initialisation_slicing(stride, dim):
     full = torch.randn(8, 12)
@@ -226,7 +272,7 @@ def test_target_vocab_needs_the_true_size_when_ambiguous():
     merged = cc.MergedCheckpoint(args, 1, False, "GPT", cc.Layout(1, 1), 256, {}, None, {}, {})
     assert cc.target_vocab_size(merged, cc.Layout(2, 1)) == 256  # 129..256 ids pad to 256
     assert cc.target_vocab_size(merged, cc.Layout(4, 1)) == 512  # ... and to 512 at TP 4
-    assert cc.target_vocab_size(merged, cc.Layout(4, 1), true_vocab_size=100) == 512
+    assert cc.target_vocab_size(merged, cc.Layout(4, 1), true_vocab_size=200) == 512
     narrow = cc.MergedCheckpoint(args, 1, False, "GPT", cc.Layout(2, 1), 256, {}, None, {}, {})
     with pytest.raises(ValueError, match="--true-vocab-size"):
         cc.target_vocab_size(narrow, cc.Layout(1, 1))  # 1..256 ids: 128 or 256 rows at TP 1

@@ -129,12 +129,14 @@ def run_layout(model, base, tp, pp, dp, vpp_layers, save_dir):
 
 
 def initial_weights(model: str, merged_args, vocab: int) -> Dict[str, torch.Tensor]:
-    """The full weights every layout starts from (initialisation is keyed by global names)."""
+    """The full weights every layout starts from (initialisation is keyed by global names; the
+    rows of padding ids start at zero)."""
     from megatron.core.models import BertModel, GPTModel
 
     config = cc.transformer_config(merged_args, cc.Layout(1, 1))
     cls = GPTModel if model == "gpt" else BertModel
-    net = cls(config, vocab, merged_args["model"]["max_position_embeddings"])
+    max_pos = merged_args["model"]["max_position_embeddings"]
+    net = cls(config, vocab, max_pos, true_vocab_size=cc.tokenizer_vocab_size(merged_args))
     net.initialize(merged_args["training"]["seed"])
     return {k: v.detach() for k, v in net.state_dict().items()}
 
@@ -257,3 +259,38 @@ def test_layout_matches_single_process(references, tmp_path, model, tp, pp, dp, 
     assert_same_training(
         (ref_hist, ref_w), got, init, f"{model} TP{tp} PP{pp} DP{dp} VPP-layers {vpp}", adam_bound
     )
+
+
+# ---- a vocabulary that pads differently per TP -----------------------------------------------
+# NullTokenizer --vocab-size 69 has 70 ids (69 + end of document); --make-vocab-size-divisible-by
+# 16 x TP pads them to 80 rows at TP 1 and 96 at TP 2. The layouts above need no extra padding.
+PADDED_VOCAB = ["--vocab-size", "69", "--make-vocab-size-divisible-by", "16"]
+TRUE_VOCAB = 70
+VOCAB_SIZED = ("embedding.word_embeddings.weight", "output_layer.weight", "lm_head.bias")
+
+
+def real_rows(weights: Dict[str, torch.Tensor], what: str) -> Dict[str, torch.Tensor]:
+    """Vocabulary-sized tensors cut to the real ids; their padding rows must be zero (they start
+    at zero and get no gradient)."""
+    out = {}
+    for name, w in weights.items():
+        if name in VOCAB_SIZED:
+            assert not w[TRUE_VOCAB:].any(), f"{what}: padding rows of {name} are not zero"
+            w = w[:TRUE_VOCAB]
+        out[name] = w
+    return out
+
+
+@pytest.mark.parametrize("model", ["gpt", "bert"])
+def test_vocabulary_padded_differently_per_tp_trains_the_same(bert_base, tmp_path, model):
+    """TP 2 (96 rows) trains the TP 1 model (80 rows): the same losses, gradient norms and
+    updates of every real row."""
+    base = (GPT_ARGS if model == "gpt" else bert_base) + SGD + PADDED_VOCAB
+    ref_hist, ref_w = run_layout(model, base, 1, 1, 1, None, tmp_path / "tp1")
+    hist, weights = run_layout(model, base, 2, 1, 1, None, tmp_path / "tp2")
+    merged = cc.load_merged(str(tmp_path / "tp1"))
+    assert merged.padded_vocab_size == 80
+    assert cc.load_merged(str(tmp_path / "tp2")).padded_vocab_size == 96
+    init = real_rows(initial_weights(model, merged.args, 80), "init")
+    ref = (ref_hist, real_rows(ref_w, "TP1"))
+    assert_same_training(ref, (hist, real_rows(weights, "TP2")), init, f"{model} padded TP2")

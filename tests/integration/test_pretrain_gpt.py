@@ -1,11 +1,16 @@
 """pretrain_gpt end to end in one process: loss falls, exact resume, checkpoint format, errors."""
 
+import json
 import os
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 
 import pretrain_gpt
+from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 from megatron.training import checkpointing as ckpt
 from megatron.training.training import pretrain
 
@@ -101,14 +106,62 @@ def test_checkpoint_layout_and_weights_only(tmp_path):
     assert not [f for f in os.listdir(path.parent) if "tmp" in f]
 
 
-def test_loss_falls_on_repeated_data(tmp_path):
+def write_cyclic_corpus(prefix: str, num_docs: int = 20, length: int = 100) -> None:
+    """Documents counting 0..59 round and round from a random start: each next id is
+    predictable, unlike --mock-data's uniform ids (nothing to learn beyond ln 61)."""
+    rng = np.random.default_rng(3)
+    with IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16) as builder:
+        for _ in range(num_docs):
+            builder.add_item((rng.integers(60) + np.arange(length)) % 60)
+            builder.end_document()
+        builder.finalize(prefix + ".idx")
+
+
+def test_loss_falls_on_predictable_data(tmp_path):
+    write_cyclic_corpus(str(tmp_path / "cyclic"))
+    argv = [a for a in TINY if a != "--mock-data"] + ["--train-iters", "30"]
+    argv += ["--hidden-dropout", "0", "--attention-dropout", "0", "--split", "100,0,0"]
+    argv += ["--data-path", str(tmp_path / "cyclic"), "--eval-iters", "0"]
     history = []
-    run(
-        TINY + ["--train-iters", "30", "--hidden-dropout", "0", "--attention-dropout", "0"], history
-    )
+    run(argv, history)
     first = sum(h["lm loss"] for h in history[:5]) / 5
     last = sum(h["lm loss"] for h in history[-5:]) / 5
-    assert last < first - 0.1
+    assert last < first - 0.5
+
+
+def test_data_of_another_tokenizer_stops_the_run_naming_the_file(tmp_path, repo_root):
+    """Preprocessed for 200 ids, trained with 61: an error at dataset opening that names the file,
+    the id and both sizes (was: IndexError deep in the embedding, or silently training on
+    padding ids when the id fell inside the padded vocabulary)."""
+    from tools.preprocess_data import main as preprocess_main
+
+    with open(tmp_path / "in.jsonl", "w") as f:
+        for i in range(30):
+            f.write(json.dumps({"text": " ".join(str((7 * i + j) % 60) for j in range(40))}))
+            f.write("\n")
+    prefix = tmp_path / "corpus"
+    flags = ["--input", str(tmp_path / "in.jsonl"), "--output-prefix", str(prefix)]
+    flags += ["--tokenizer-type", "NullTokenizer", "--vocab-size", "199", "--append-eod"]
+    assert preprocess_main(flags) == 0
+    data = f"{prefix}_text_document"
+    argv = [a for a in TINY if a != "--mock-data"] + ["--train-iters", "3", "--split", "100,0,0"]
+    argv += ["--data-path", data, "--data-cache-path", str(tmp_path / "cache")]
+    res = subprocess.run(
+        [sys.executable, "pretrain_gpt.py", *argv],
+        cwd=repo_root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 1, res.stderr[-2000:]
+    # 199 is the end-of-document id of the 200-id tokenizer, appended after each document.
+    assert (
+        f"ValueError: {data}.bin: token id 199 at document 0, sequence 0, token 40 is outside the "
+        "model's vocabulary of 61 ids (the file's ids span 0..199, read from "
+        "corpus_text_document.token_counts.npy)" in res.stderr
+    ), res.stderr[-2000:]
+    assert "IndexError" not in res.stderr
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.parametrize(

@@ -98,7 +98,8 @@ class BertDatasetConfig(DatasetConfig):
     """Id used to pad samples to `sequence_length` (from `tokenizer.pad` when unset)."""
 
     vocab_size: Optional[int] = None
-    """Random replacement ids are drawn from [0, vocab_size) (from `tokenizer.vocab_size`)."""
+    """Random replacement ids are drawn from [0, vocab_size) (from `tokenizer.vocab_size`); the
+    data files' ids are checked against it (see DatasetConfig.vocab_size)."""
 
     is_continuation: Optional[np.ndarray] = None
     """bool [vocab_size]: True for "##" continuation pieces; derived from `tokenizer.inv_vocab`

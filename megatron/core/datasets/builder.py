@@ -23,6 +23,7 @@ import numpy as np
 from megatron.core.datasets.blended_dataset import BlendedDataset, normalize_weights
 from megatron.core.datasets.config import DatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset
+from megatron.core.datasets.token_counts import check_token_ids
 from megatron.core.datasets.utils import Split
 
 logger = logging.getLogger(__name__)
@@ -127,11 +128,16 @@ def _numel(dataset_cls, indexed) -> int:
 
 
 def _open(dataset_cls, prefix: str, config: DatasetConfig, cache: Dict[str, object]):
+    """The low-level dataset of `prefix`, opened once; its token ids are checked against
+    `config.vocab_size` when that is set."""
     if prefix not in cache:
         fn = getattr(dataset_cls, "build_low_level_dataset", None)
-        cache[prefix] = (
+        indexed = (
             fn(prefix, config) if fn is not None else IndexedDataset(prefix, config.mmap_bin_files)
         )
+        if config.vocab_size is not None and isinstance(indexed, IndexedDataset):
+            check_token_ids(indexed, config.vocab_size)
+        cache[prefix] = indexed
     return cache[prefix]
 
 

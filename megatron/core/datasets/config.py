@@ -47,6 +47,12 @@ class DatasetConfig:
     """Build the train split from exactly this many epochs of its documents (its length is then
     whatever those epochs yield); --train-data-exact-num-epochs."""
 
+    vocab_size: Optional[int] = None
+    """The model's vocabulary (the tokenizer's vocab_size, unpadded). When set, the token ids of
+    every data file are checked against it as the file opens (from its .token_counts.npy, else a
+    scan of the .bin): an id outside [0, vocab_size) is an error naming the file. None: no
+    check."""
+
     def __post_init__(self) -> None:
         if self.sequence_length <= 0:
             raise ValueError(f"--seq-length must be positive, got {self.sequence_length}")
@@ -55,6 +61,8 @@ class DatasetConfig:
                 "give either --data-path (split by --split) or --train-data-path / "
                 "--valid-data-path / --test-data-path, not both"
             )
+        if self.vocab_size is not None and self.vocab_size <= 0:
+            raise ValueError(f"vocab_size must be positive, got {self.vocab_size}")
         if self.train_data_exact_num_epochs is not None and self.train_data_exact_num_epochs <= 0:
             raise ValueError(
                 "--train-data-exact-num-epochs must be positive, got "

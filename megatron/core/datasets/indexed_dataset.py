@@ -248,6 +248,30 @@ class IndexedDataset:
         return self._index.dtype
 
     @property
+    def num_tokens(self) -> int:
+        """Number of tokens in the `.bin` (all sequences)."""
+        return int(self._index.sizes.sum(dtype=np.int64))
+
+    def tokens(self, start: int = 0, stop: Optional[int] = None) -> np.ndarray:
+        """Tokens [start, stop) of the whole `.bin`, sequences back to back (a read-only view of
+        the memory map; stop None: to the end)."""
+        stop = self.num_tokens if stop is None else min(stop, self.num_tokens)
+        start = max(0, min(start, stop))
+        item = self.dtype.itemsize
+        return np.frombuffer(self._bin, dtype=self.dtype, count=stop - start, offset=start * item)
+
+    def locate_token(self, position: int) -> tuple:
+        """(document, sequence, offset in the sequence) of the token at `position` of the
+        `.bin`."""
+        byte = position * self.dtype.itemsize
+        # side="right": the last sequence starting at or before it (past empty sequences, which
+        # share their pointer with the next one)
+        seq = int(np.searchsorted(self._index.pointers, byte, side="right")) - 1
+        offset = (byte - int(self._index.pointers[seq])) // self.dtype.itemsize
+        doc = int(np.searchsorted(self._index.document_indices, seq, side="right")) - 1
+        return doc, seq, offset
+
+    @property
     def sequence_lengths(self) -> np.ndarray:
         """int32 [N]: tokens per sequence."""
         return self._index.sizes

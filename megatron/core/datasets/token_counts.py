@@ -7,16 +7,26 @@ its inputs. The vocabulary-rarity curriculum metric reads it through `load_token
 
 The file is written under a temporary name and renamed when complete, so it is either absent or
 whole.
+
+`check_token_ids` uses it to check, when a dataset opens, that every id of the `.bin` is in the
+model's vocabulary (a scan of the `.bin` when the file is missing or does not match the data).
 """
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 
+from megatron.core.datasets.indexed_dataset import IndexedDataset, data_file_path
 from megatron.core.datasets.utils import atomic_save_npy
+
+logger = logging.getLogger(__name__)
+
+SCAN_CHUNK_TOKENS = 1 << 24
+"""Tokens per step of the `.bin` scan (bounded temporaries whatever the file size)."""
 
 TOKEN_COUNTS_SUFFIX = ".token_counts.npy"
 
@@ -98,3 +108,107 @@ def sum_token_counts(paths: Sequence[str]) -> np.ndarray:
             )
         total += counts
     return total
+
+
+def _counts_matching(dataset: IndexedDataset) -> Optional[np.ndarray]:
+    """The dataset's token counts when they exist and describe its `.bin` (same token total)."""
+    path = token_counts_path(dataset.path_prefix)
+    if not os.path.isfile(path):
+        return None
+    try:
+        counts = load_token_counts(path)
+    except ValueError as err:
+        logger.warning("%s; scanning the .bin instead", err)
+        return None
+    total = int(counts.sum())
+    if total != dataset.num_tokens:
+        logger.warning(
+            "%s counts %d tokens but %s holds %d: the counts are stale (the data was rewritten "
+            "without them); scanning the .bin instead. Re-run tools/preprocess_data.py to renew "
+            "them.",
+            path,
+            total,
+            data_file_path(dataset.path_prefix),
+            dataset.num_tokens,
+        )
+        return None
+    return counts
+
+
+def scan_token_range(dataset: IndexedDataset) -> Tuple[int, int]:
+    """(smallest, largest) token id of the `.bin`, read in chunks; (0, -1) when it is empty."""
+    lo, hi = 0, -1
+    for start in range(0, dataset.num_tokens, SCAN_CHUNK_TOKENS):
+        chunk = dataset.tokens(start, start + SCAN_CHUNK_TOKENS)
+        lo = int(chunk.min()) if hi < 0 else min(lo, int(chunk.min()))
+        hi = max(hi, int(chunk.max()))
+    return lo, hi
+
+
+def _first_outside(dataset: IndexedDataset, vocab_size: int) -> Optional[int]:
+    """Position in the `.bin` of the first token id outside [0, vocab_size) (None: none)."""
+    for start in range(0, dataset.num_tokens, SCAN_CHUNK_TOKENS):
+        chunk = dataset.tokens(start, start + SCAN_CHUNK_TOKENS)
+        bad = np.flatnonzero((chunk < 0) | (chunk >= vocab_size))
+        if bad.size:
+            return start + int(bad[0])
+    return None
+
+
+def _id_range(dataset: IndexedDataset) -> Tuple[int, int, Optional[np.ndarray], str]:
+    """(smallest id, largest id, the token counts or None, where the range was read)."""
+    counts = _counts_matching(dataset)
+    if counts is not None:
+        used = np.flatnonzero(counts)
+        smallest, largest = (int(used[0]), int(used[-1])) if used.size else (0, -1)
+        return smallest, largest, counts, os.path.basename(token_counts_path(dataset.path_prefix))
+    logger.info("scanning %s for its token id range", data_file_path(dataset.path_prefix))
+    return (*scan_token_range(dataset), None, "a scan of the file")
+
+
+def check_token_ids(dataset: IndexedDataset, vocab_size: int) -> int:
+    """Check that every token id of `dataset` is in [0, vocab_size); returns the largest id.
+
+    The range comes from `<prefix>.token_counts.npy` when it matches the `.bin` (its total equals
+    the number of tokens), else from a scan of the `.bin`. A counts file made for another
+    vocabulary size is reported (a warning) even when its ids fit.
+
+    Args:
+        dataset: the opened dataset.
+        vocab_size: the model's vocabulary, the tokenizer's `vocab_size` (ids beyond it are
+            padding of the embedding, or outside it).
+
+    Raises:
+        ValueError: naming the file, the offending id, where it first occurs, the vocabulary
+            size and the fix.
+    """
+    prefix = dataset.path_prefix
+    smallest, largest, counts, source = _id_range(dataset)
+    if smallest >= 0 and largest < vocab_size:
+        if counts is not None and counts.size != vocab_size:
+            logger.warning(
+                "%s has counts for %d token ids but the model's vocabulary has %d: %s was "
+                "probably preprocessed with another tokenizer; re-run tools/preprocess_data.py "
+                "with the training tokenizer if so",
+                token_counts_path(prefix),
+                counts.size,
+                vocab_size,
+                data_file_path(prefix),
+            )
+        return largest
+    position = _first_outside(dataset, vocab_size)
+    if position is None:  # counts with the right total but not the .bin's ids
+        logger.warning(
+            "%s does not match the .bin's ids; checked by a scan", token_counts_path(prefix)
+        )
+        return scan_token_range(dataset)[1]
+    doc, seq, offset = dataset.locate_token(position)
+    token = int(dataset.tokens(position, position + 1)[0])
+    raise ValueError(
+        f"{data_file_path(prefix)}: token id {token} at document {doc}, sequence {seq}, token "
+        f"{offset} is outside the model's vocabulary of {vocab_size} ids (the file's ids span "
+        f"{smallest}..{largest}, read from {source}). The data was preprocessed with another "
+        "tokenizer or is corrupt: train with the tokenizer it was made with (--tokenizer-type, "
+        "--vocab-file, --vocab-size), or re-run tools/preprocess_data.py with the training "
+        "tokenizer"
+    )

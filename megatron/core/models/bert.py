@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from ..parallel_state import ParallelState
-from ..tensor_parallel import vocab_parallel_cross_entropy
-from ..tensor_parallel.layers import mark_tensor_parallel, parallel_lm_logits, set_init
-from ..tensor_parallel.mappings import (
-    gather_from_sequence_parallel_region,
-    gather_from_tensor_parallel_region,
-    group_size,
+from ..tensor_parallel.layers import (
+    mark_tensor_parallel,
+    mark_vocab_padding,
+    parallel_lm_logits,
+    set_init,
 )
+from ..tensor_parallel.mappings import gather_from_sequence_parallel_region, group_size
 from ..transformer.block import TransformerBlock
 from ..transformer.config import TransformerConfig
 from ..transformer.norm import build_norm
@@ -32,7 +32,13 @@ class BertLMHead(torch.nn.Module):
     """dense -> GeLU -> norm -> logits against the (tied) word embeddings + a vocab-parallel
     bias."""
 
-    def __init__(self, config: TransformerConfig, vocab_size: int, tp_group=None):
+    def __init__(
+        self,
+        config: TransformerConfig,
+        vocab_size: int,
+        tp_group=None,
+        true_vocab_size: Optional[int] = None,
+    ):
         super().__init__()
         self.dense = _linear(config.hidden_size, config.hidden_size, config)
         self.layernorm = build_norm(config, config.hidden_size)
@@ -40,6 +46,7 @@ class BertLMHead(torch.nn.Module):
         self.bias = torch.nn.Parameter(torch.empty(per, dtype=config.params_dtype))
         set_init(self.bias, "zeros")
         mark_tensor_parallel(self.bias, 0)
+        mark_vocab_padding(self.bias, true_vocab_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """[s, b, h] -> transformed [s, b, h] (logits are taken by the model)."""
@@ -57,6 +64,8 @@ class BertModel(LanguageModelChunk):
         add_binary_head: NSP/SOP classifier on the pooled [CLS] state (off with
             --bert-no-binary-head).
         num_tokentypes: token-type embeddings (2 for sentence pairs).
+        true_vocab_size: the tokenizer's vocabulary; the ids from it up to `vocab_size` are
+            padding (see GPTModel). None: no padding.
     """
 
     def __init__(
@@ -71,22 +80,29 @@ class BertModel(LanguageModelChunk):
         add_binary_head: bool = True,
         num_tokentypes: int = 2,
         vp_rank: Optional[int] = None,
+        true_vocab_size: Optional[int] = None,
     ):
         super().__init__()
         pstate = pstate or ParallelState.single()
         offset, num_layers = self._place(config, pstate, pre_process, post_process, vp_rank)
-        self.vocab_size = vocab_size
+        self._set_vocab(vocab_size, true_vocab_size)
         self.add_binary_head = add_binary_head
         tp_group = pstate.tp_group
         if pre_process:
             self.embedding = LanguageModelEmbedding(
-                config, vocab_size, max_sequence_length, num_tokentypes, tp_group, rng_tracker
+                config,
+                vocab_size,
+                max_sequence_length,
+                num_tokentypes,
+                tp_group,
+                rng_tracker,
+                self.true_vocab_size,
             )
         self.decoder = TransformerBlock(
             config, offset, num_layers, False, post_process, tp_group, rng_tracker
         )
         if post_process:
-            self.lm_head = BertLMHead(config, vocab_size, tp_group)
+            self.lm_head = BertLMHead(config, vocab_size, tp_group, self.true_vocab_size)
         # The MLM head always uses the word embeddings; the heads see the gathered sequence.
         self._build_output_layer(vocab_size, tied=True, sequence_parallel=False)
         if post_process and add_binary_head:
@@ -116,8 +132,8 @@ class BertModel(LanguageModelChunk):
             random_ltd: RandomLTDState of this micro-batch (training with random-LTD) or None.
 
         Returns:
-            hidden [s, b, h] on non-last stages; else (lm_loss [b, s] or logits [b, s, v],
-            binary logits [b, 2] or None).
+            hidden [s, b, h] on non-last stages; else (lm_loss [b, s] or logits
+            [b, s, true_vocab_size], binary logits [b, 2] or None).
         """
         b, s = padding_mask.shape
         # Mask padded keys only; padded query rows still attend (their outputs are not used),
@@ -152,9 +168,4 @@ class BertModel(LanguageModelChunk):
         logits = parallel_lm_logits(
             transformed, self.output_weight(), tp_group, False, self.lm_head.bias
         )
-        if lm_labels is None:
-            return gather_from_tensor_parallel_region(logits, tp_group).transpose(
-                0, 1
-            ), binary_logits
-        loss = vocab_parallel_cross_entropy(logits, lm_labels.t(), tp_group)  # [s, b]
-        return loss.t(), binary_logits
+        return self._loss_or_logits(logits, lm_labels), binary_logits

@@ -10,9 +10,18 @@ import torch
 import torch.nn.functional as F
 
 from ..parallel_state import ParallelState
+from ..tensor_parallel import vocab_parallel_cross_entropy
 from ..tensor_parallel.init import initialize_parameters
-from ..tensor_parallel.layers import ColumnParallelLinear, VocabParallelEmbedding, set_init
-from ..tensor_parallel.mappings import scatter_to_sequence_parallel_region
+from ..tensor_parallel.layers import (
+    ColumnParallelLinear,
+    VocabParallelEmbedding,
+    mark_vocab_padding,
+    set_init,
+)
+from ..tensor_parallel.mappings import (
+    gather_from_tensor_parallel_region,
+    scatter_to_sequence_parallel_region,
+)
 from ..transformer.config import TransformerConfig
 
 WORD_EMBEDDINGS = "embedding.word_embeddings.weight"
@@ -20,7 +29,12 @@ WORD_EMBEDDINGS = "embedding.word_embeddings.weight"
 
 def pad_vocab_size(vocab_size: int, divisible_by: int, tp_size: int) -> int:
     """Round the vocabulary up to a multiple of divisible_by * tp
-    (--make-vocab-size-divisible-by)."""
+    (--make-vocab-size-divisible-by).
+
+    The padding rows are no token: the models leave them out of the softmax, the loss and the
+    logits they return (`true_vocab_size`), so the padded size, which grows with TP, does not
+    change the model.
+    """
     multiple = divisible_by * tp_size
     return ((vocab_size + multiple - 1) // multiple) * multiple
 
@@ -34,6 +48,8 @@ class LanguageModelEmbedding(torch.nn.Module):
         max_sequence_length: rows of the learned position table (--max-position-embeddings);
             0 disables learned positions (rotary models).
         num_tokentypes: rows of the token-type table (BERT: 2), 0 for none.
+        true_vocab_size: the real vocabulary (the tokenizer's); the rows beyond it are padding,
+            initialised to zero (None: no padding).
     """
 
     def __init__(
@@ -44,6 +60,7 @@ class LanguageModelEmbedding(torch.nn.Module):
         num_tokentypes: int = 0,
         tp_group=None,
         rng_tracker=None,
+        true_vocab_size: Optional[int] = None,
     ):
         super().__init__()
         self.config, self.tp_group, self.rng_tracker = config, tp_group, rng_tracker
@@ -54,6 +71,7 @@ class LanguageModelEmbedding(torch.nn.Module):
             init_std=config.init_method_std,
             params_dtype=config.params_dtype,
         )
+        mark_vocab_padding(self.word_embeddings.weight, true_vocab_size)
         self.position_embeddings = None
         if max_sequence_length > 0:
             self.position_embeddings = torch.nn.Embedding(
@@ -122,7 +140,7 @@ class LanguageModelChunk(torch.nn.Module):
     """What GPT and BERT chunks share: their place in the layout, pipeline input, initialisation,
     the (tied) output weight.
 
-    Subclasses call `_place` first, set `embedding` (first stage), then call
+    Subclasses call `_place` and `_set_vocab` first, set `embedding` (first stage), then call
     `_build_output_layer` (a separate output projection, or None when the last stage reuses the
     word embeddings).
     """
@@ -149,6 +167,31 @@ class LanguageModelChunk(torch.nn.Module):
         offset = config.layer_offset(pstate.layout, pstate.pp_rank, vp_rank)
         return offset, config.num_layers_per_chunk(pstate.layout)
 
+    def _set_vocab(self, vocab_size: int, true_vocab_size: Optional[int]) -> None:
+        """Keep the padded vocabulary (rows of the embedding tables) and the real one (ids the
+        tokenizer makes; None: the same); the ids in between are padding."""
+        true_vocab_size = vocab_size if true_vocab_size is None else true_vocab_size
+        if not 0 < true_vocab_size <= vocab_size:
+            raise ValueError(
+                f"true_vocab_size {true_vocab_size} must be in [1, vocab_size {vocab_size}] (the "
+                "tokenizer's vocabulary and its size padded by --make-vocab-size-divisible-by)"
+            )
+        self.vocab_size, self.true_vocab_size = vocab_size, true_vocab_size
+
+    def _loss_or_logits(self, logits: torch.Tensor, labels: Optional[torch.Tensor]):
+        """From this rank's logits shard [s, b, v/tp]: the per-token loss [b, s] (fp32) of labels
+        [b, s], or without labels the logits [b, s, true_vocab_size] gathered over the TP group.
+
+        Padding ids are in neither: they take no part in the softmax and are never returned, so
+        neither the loss, nor the gradients, nor what is sampled depend on the padding.
+        """
+        tp_group = self.pstate.tp_group
+        if labels is None:
+            full = gather_from_tensor_parallel_region(logits, tp_group)  # [s, b, v]
+            return full.transpose(0, 1)[..., : self.true_vocab_size]
+        loss = vocab_parallel_cross_entropy(logits, labels.t(), tp_group, self.true_vocab_size)
+        return loss.t()
+
     def _build_output_layer(self, vocab_size: int, tied: bool, sequence_parallel: bool) -> None:
         """The projection to vocabulary logits of the last stage.
 
@@ -169,6 +212,7 @@ class LanguageModelChunk(torch.nn.Module):
                 sequence_parallel=sequence_parallel,
                 params_dtype=config.params_dtype,
             )
+            mark_vocab_padding(self.output_layer.weight, self.true_vocab_size)
             if tied:
                 w = self.output_layer.weight
                 w.init_key, w.shared_embedding = WORD_EMBEDDINGS, True

@@ -7,9 +7,7 @@ from typing import Optional
 import torch
 
 from ..parallel_state import ParallelState
-from ..tensor_parallel import vocab_parallel_cross_entropy
 from ..tensor_parallel.layers import parallel_lm_logits
-from ..tensor_parallel.mappings import gather_from_tensor_parallel_region
 from ..transformer.block import TransformerBlock
 from ..transformer.config import TransformerConfig
 from ..transformer.rotary import RotaryEmbedding
@@ -31,10 +29,14 @@ class GPTModel(LanguageModelChunk):
             --untie-embeddings-and-output-weights turns it off).
         vp_rank: which of this rank's model chunks this is (interleaved schedule; None without
             virtual pipeline stages).
+        true_vocab_size: the tokenizer's vocabulary; the ids from it up to `vocab_size` are
+            padding: left out of the softmax, the loss and the returned logits, and their rows
+            start (and, without gradient, stay) at zero. None: no padding.
 
     Raises:
         ValueError: when the configuration does not fit the layout of `pstate` (heads or MLP
-            columns over TP, layers over the model chunks) or vp_rank is not one of its chunks.
+            columns over TP, layers over the model chunks), vp_rank is not one of its chunks or
+            true_vocab_size is not in [1, vocab_size].
     """
 
     def __init__(
@@ -48,17 +50,24 @@ class GPTModel(LanguageModelChunk):
         post_process: bool = True,
         share_embeddings_and_output_weights: bool = True,
         vp_rank: Optional[int] = None,
+        true_vocab_size: Optional[int] = None,
     ):
         super().__init__()
         pstate = pstate or ParallelState.single()
         offset, num_layers = self._place(config, pstate, pre_process, post_process, vp_rank)
-        self.vocab_size = vocab_size
+        self._set_vocab(vocab_size, true_vocab_size)
         self.share_embeddings_and_output_weights = share_embeddings_and_output_weights
         tp_group = pstate.tp_group
         rope = config.position_embedding_type == "rope"
         if pre_process:
             self.embedding = LanguageModelEmbedding(
-                config, vocab_size, 0 if rope else max_sequence_length, 0, tp_group, rng_tracker
+                config,
+                vocab_size,
+                0 if rope else max_sequence_length,
+                0,
+                tp_group,
+                rng_tracker,
+                self.true_vocab_size,
             )
         self.rotary = (
             RotaryEmbedding(config.kv_channels, config.rotary_percent, config.rotary_base)
@@ -96,7 +105,7 @@ class GPTModel(LanguageModelChunk):
 
         Returns:
             [s, b, h] hidden states (not the last stage), else per-token loss [b, s] (fp32) when
-            labels are given, else logits [b, s, vocab] gathered over the TP group.
+            labels are given, else logits [b, s, true_vocab_size] gathered over the TP group.
         """
         if self.pre_process:
             hidden = self.embedding(input_ids, position_ids)
@@ -114,8 +123,4 @@ class GPTModel(LanguageModelChunk):
         logits = parallel_lm_logits(
             hidden, self.output_weight(), self.pstate.tp_group, self.config.sequence_parallel
         )  # [s, b, v/tp]
-        if labels is None:
-            full = gather_from_tensor_parallel_region(logits, self.pstate.tp_group)
-            return full.transpose(0, 1)  # [b, s, v]
-        loss = vocab_parallel_cross_entropy(logits, labels.t(), self.pstate.tp_group)  # [s, b]
-        return loss.t()  # [b, s]
+        return self._loss_or_logits(logits, labels)

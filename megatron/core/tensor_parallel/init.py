@@ -5,6 +5,10 @@ sliced to this rank's shard, so the same seed gives the same model whatever the 
 (a TP=2 shard equals the matching slice of the TP=1 weight, a layer on pipeline stage 2 equals
 the same layer of a one-stage model). The initial weights are also independent of the global
 RNG stream, which stays free for dropout.
+
+Vocabulary-sized tensors marked by `layers.mark_vocab_padding` generate only their real rows
+(a [vocab, ...] tensor) and zero the padding rows, so the real rows do not depend on the padded
+size either (it grows with TP: --make-vocab-size-divisible-by x TP).
 """
 
 from __future__ import annotations
@@ -67,5 +71,7 @@ def initialize_parameters(
             # names the original through init_key so both start equal.
             gen.manual_seed(stable_seed(seed, getattr(p, "init_key", None) or name))
             full = torch.empty(full_shape(p, tp_size), dtype=torch.float32, device=generator_device)
-            full.normal_(0.0, p.init_std, generator=gen)
+            real = getattr(p, "real_rows", None) or full.shape[0]
+            full[real:].zero_()  # vocabulary padding (mark_vocab_padding)
+            full[:real].normal_(0.0, p.init_std, generator=gen)
             p.copy_(shard_of(full, p, tp_rank, tp_size).to(p.device, p.dtype))

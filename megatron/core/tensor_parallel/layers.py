@@ -31,6 +31,16 @@ def set_init(param: torch.nn.Parameter, kind: str, std: float = 0.0) -> None:
     param.init_kind, param.init_std = kind, std
 
 
+def mark_vocab_padding(param: torch.nn.Parameter, vocab_size: Optional[int]) -> None:
+    """Mark the rows at and beyond `vocab_size` (dim 0 of the full tensor) as vocabulary padding.
+
+    Initialisation then generates the real rows as a tensor of their own and zeroes the padding,
+    so the real rows are the same whatever padding --make-vocab-size-divisible-by x TP adds.
+    None: every row is real.
+    """
+    param.real_rows = vocab_size
+
+
 def mark_tensor_parallel(param: torch.nn.Parameter, partition_dim: int, stride: int = 1) -> None:
     """Mark a parameter as one TP shard of a full tensor split along `partition_dim`."""
     param.tensor_model_parallel = True
