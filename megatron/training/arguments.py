@@ -171,8 +171,15 @@ def parse_args(
     extra_args_provider: Optional[Callable] = None,
     defaults: Optional[Dict[str, Any]] = None,
     world_size: Optional[int] = None,
+    check_data_files: bool = True,
 ) -> RunConfig:
-    """Parse and validate the command line (argv defaults to sys.argv[1:])."""
+    """Parse and validate the command line (argv defaults to sys.argv[1:]).
+
+    Every check that needs only the flags (and the files they name) runs here, so a bad command
+    line exits with status 2 and a message naming the flag and the fix before anything is built.
+    `check_data_files=False` skips the existence check of the --data-path prefixes (for dry runs
+    that parse a launch command meant for another machine).
+    """
     parser = build_parser(extra_args_provider)
     if defaults:
         parser.set_defaults(**defaults)
@@ -181,14 +188,19 @@ def parse_args(
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         run = config_from_namespace(
-            ns, parser, world_size if world_size is not None else _world_size()
+            ns,
+            parser,
+            world_size if world_size is not None else _world_size(),
+            check_data_files,
         )
     except ValueError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     return run
 
 
-def config_from_namespace(ns: argparse.Namespace, parser, world_size: int) -> RunConfig:
+def config_from_namespace(
+    ns: argparse.Namespace, parser, world_size: int, check_data_files: bool = True
+) -> RunConfig:
     """Build and cross-validate the per-concern configs (raises ValueError with the fix)."""
     model = build_dataclass(ModelConfig, ns)
     opt = build_dataclass(OptimizerConfig, ns)
@@ -225,12 +237,13 @@ def config_from_namespace(ns: argparse.Namespace, parser, world_size: int) -> Ru
         world_size=world_size,
         extra={k: getattr(ns, k) for k in known - core_fields - {"help"} if hasattr(ns, k)},
     )
-    validate_run_config(run)
+    validate_run_config(run, check_data_files)
     return run
 
 
-def validate_run_config(run: RunConfig) -> None:
-    """Checks that involve several configs or the world size."""
+def validate_run_config(run: RunConfig, check_data_files: bool = True) -> None:
+    """Checks that involve several configs or the world size (`check_data_files`: also that the
+    --data-path prefixes exist)."""
     par, tr, model = run.parallel, run.training, run.model
     run.transformer.check_layout(run.layout)
     dp = run.data_parallel_size
@@ -285,14 +298,74 @@ def validate_run_config(run: RunConfig) -> None:
             "--mock-data needs a tokenizer for its vocabulary size: e.g. --tokenizer-type "
             "NullTokenizer --vocab-size 1024"
         )
+    if not d.mock_data:
+        _check_data(d, check_data_files)
     vpp = run.layout.virtual_pipeline_model_parallel_size
     if vpp and vpp > 1:
         _check_interleaved_micro_batches(tr, dp, par.pipeline_model_parallel_size)
-    if run.data_efficiency.deepspeed_config:
-        _check_deepspeed_config(run)
+    _check_data_efficiency(run)
     ck = run.checkpoint
     if ck.save_interval is not None and ck.save is None:
         raise ValueError("--save-interval needs --save <folder>")
+    last_stage_seed = tr.seed + 100 * (par.pipeline_model_parallel_size - 1)
+    if last_stage_seed >= 2**32:
+        raise ValueError(
+            f"--seed {tr.seed}: the last pipeline stage seeds with --seed + 100 x stage = "
+            f"{last_stage_seed}, above 2**32 - 1; use a smaller --seed"
+        )
+    _check_schedule(run)
+
+
+def _check_schedule(run: RunConfig) -> None:
+    """The batch-size ramp-up and the lr schedule over the budget (budget.py builds both)."""
+    from .budget import schedule_spans, train_num_samples  # budget imports this module
+    from .microbatches import MicroBatchCalculator
+
+    tr = run.training
+    calc = MicroBatchCalculator(
+        tr.global_batch_size, tr.micro_batch_size, run.data_parallel_size, tr.rampup_batch_size
+    )
+    schedule_spans(run, train_num_samples(run, calc))
+
+
+def _check_data(d: DataConfig, check_files: bool) -> None:
+    """--data-path / --split / --*-data-path parse, and (check_files) their prefixes exist."""
+    from megatron.core.datasets.builder import parse_data_path, parse_split
+
+    paths = {
+        "--data-path": d.data_path,
+        "--train-data-path": d.train_data_path,
+        "--valid-data-path": d.valid_data_path,
+        "--test-data-path": d.test_data_path,
+    }
+    if d.data_path:
+        parse_split(d.split)
+    for flag, value in paths.items():
+        if not value:
+            continue
+        try:
+            prefixes, _ = parse_data_path(value)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("--data-path", flag)) from None
+        if check_files:
+            for prefix in prefixes:
+                _check_prefix(flag, prefix)
+
+
+def _check_prefix(flag: str, prefix: str) -> None:
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    if IndexedDataset.exists(prefix):
+        return
+    stem, ext = os.path.splitext(prefix)
+    if ext in (".bin", ".idx") and IndexedDataset.exists(stem):
+        raise ValueError(f"{flag} {prefix}: give the prefix without {ext}: {flag} {stem}")
+    missing = [p for p in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(p)]
+    raise ValueError(
+        f"{flag} {prefix}: no such dataset ({' and '.join(missing)} missing); {flag} takes the "
+        "prefix of a .bin/.idx pair made by tools/preprocess_data.py (its --output-prefix plus "
+        "_text_document), or use --mock-data for synthetic tokens"
+    )
 
 
 def _check_interleaved_micro_batches(tr: TrainingConfig, dp: int, pp: int) -> None:
@@ -311,6 +384,12 @@ def _check_interleaved_micro_batches(tr: TrainingConfig, dp: int, pp: int) -> No
                 "but a "
                 f"global batch of {gbs} gives {m}; change --global-batch-size or --micro-batch-size"
             )
+
+
+def _check_data_efficiency(run: RunConfig) -> None:
+    """--deepspeed_config against the command line."""
+    if run.data_efficiency.deepspeed_config:
+        _check_deepspeed_config(run)
 
 
 def _check_deepspeed_config(run: RunConfig) -> None:
