@@ -15,11 +15,13 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
+from megatron.core.datasets.builder import parse_data_path, parse_split
+from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.optimizer.config import OptimizerConfig
-from megatron.core.parallel_state import RankLayout
 from megatron.core.transformer.config import TransformerConfig
 from megatron.tokenizer.config import TokenizerConfig
 
+from .budget import schedule_spans, train_num_samples
 from .config import (
     CheckpointConfig,
     DataConfig,
@@ -30,7 +32,10 @@ from .config import (
     SchedulerConfig,
     TrainingConfig,
 )
+from .data_efficiency import check_against_model, check_flags
+from .microbatches import MicroBatchCalculator
 from .options import Flag, add_dataclass_options, build_dataclass
+from .run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -51,62 +56,6 @@ _SCHEDULER_FLAGS = {
 }
 _TRAINING_FLAGS = {"dataloader_type": Flag(choices=("single", "cyclic"))}
 _DE_FLAGS = {"deepspeed_config": Flag(name="--deepspeed_config", aliases=("--deepspeed-config",))}
-
-
-@dataclasses.dataclass
-class RunConfig:
-    """Everything a training run is configured with, one object per concern."""
-
-    transformer: TransformerConfig
-    model: ModelConfig
-    training: TrainingConfig
-    scheduler: SchedulerConfig
-    optimizer: OptimizerConfig
-    checkpoint: CheckpointConfig
-    parallel: ParallelConfig
-    data: DataConfig
-    tokenizer: Optional[TokenizerConfig]
-    logging: LoggingConfig
-    data_efficiency: DataEfficiencyFlags = dataclasses.field(default_factory=DataEfficiencyFlags)
-    world_size: int = 1
-    extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Values of options added by the script's extra_args_provider."""
-
-    @property
-    def data_parallel_size(self) -> int:
-        """Model replicas: world size / (TP x PP)."""
-        p = self.parallel
-        return self.world_size // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size)
-
-    @property
-    def layout(self) -> RankLayout:
-        """The `RankLayout` the parallelism flags ask for (the process groups are built from it;
-        after initialisation `Runtime.pstate.layout` is the one to read)."""
-        p = self.parallel
-        return RankLayout(
-            self.world_size,
-            p.tensor_model_parallel_size,
-            p.pipeline_model_parallel_size,
-            p.virtual_pipeline_size(self.transformer.num_layers),
-        )
-
-    def to_plain_dict(self) -> Dict[str, Any]:
-        """Plain-data view (for checkpoints: loadable with weights_only=True)."""
-
-        def plain(v):
-            if isinstance(v, torch.dtype):
-                return str(v).replace("torch.", "")
-            if isinstance(v, (list, tuple)):
-                return [plain(x) for x in v]
-            if isinstance(v, dict):
-                return {k: plain(x) for k, x in v.items()}
-            return v
-
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = plain(dataclasses.asdict(v)) if dataclasses.is_dataclass(v) else plain(v)
-        return out
 
 
 def build_parser(extra_args_provider: Optional[Callable] = None) -> argparse.ArgumentParser:
@@ -318,9 +267,6 @@ def validate_run_config(run: RunConfig, check_data_files: bool = True) -> None:
 
 def _check_schedule(run: RunConfig) -> None:
     """The batch-size ramp-up and the lr schedule over the budget (budget.py builds both)."""
-    from .budget import schedule_spans, train_num_samples  # budget imports this module
-    from .microbatches import MicroBatchCalculator
-
     tr = run.training
     calc = MicroBatchCalculator(
         tr.global_batch_size, tr.micro_batch_size, run.data_parallel_size, tr.rampup_batch_size
@@ -330,8 +276,6 @@ def _check_schedule(run: RunConfig) -> None:
 
 def _check_data(d: DataConfig, check_files: bool) -> None:
     """--data-path / --split / --*-data-path parse, and (check_files) their prefixes exist."""
-    from megatron.core.datasets.builder import parse_data_path, parse_split
-
     paths = {
         "--data-path": d.data_path,
         "--train-data-path": d.train_data_path,
@@ -353,8 +297,6 @@ def _check_data(d: DataConfig, check_files: bool) -> None:
 
 
 def _check_prefix(flag: str, prefix: str) -> None:
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
     if IndexedDataset.exists(prefix):
         return
     stem, ext = os.path.splitext(prefix)
@@ -387,14 +329,19 @@ def _check_interleaved_micro_batches(tr: TrainingConfig, dp: int, pp: int) -> No
 
 
 def _check_data_efficiency(run: RunConfig) -> None:
-    """--deepspeed_config against the command line."""
-    if run.data_efficiency.deepspeed_config:
-        _check_deepspeed_config(run)
+    """--deepspeed_config against the command line and the model, and the flags that need it."""
+    flags, t = run.data_efficiency, run.transformer
+    cfg = _check_deepspeed_config(run) if flags.deepspeed_config else None
+    check_flags(cfg, flags.data_efficiency_curriculum_learning, flags.random_ltd)
+    try:
+        check_against_model(cfg, run.model.seq_length, t.num_layers, t.sequence_parallel)
+    except ValueError as exc:
+        raise ValueError(f"--deepspeed_config {flags.deepspeed_config}: {exc}") from None
 
 
-def _check_deepspeed_config(run: RunConfig) -> None:
+def _check_deepspeed_config(run: RunConfig):
     """Parse --deepspeed_config now (strict validation before any heavy work) and check the batch
-    sizes it states against the command line's, as Megatron-DeepSpeed does."""
+    sizes it states against the command line's, as Megatron-DeepSpeed does; returns it."""
     from megatron.core.deepspeed_config import load_deepspeed_config
 
     path = run.data_efficiency.deepspeed_config
@@ -413,3 +360,4 @@ def _check_deepspeed_config(run: RunConfig) -> None:
                 f"--deepspeed_config {path} sets {key} {theirs} but {flag} is {ours}; make them "
                 "agree"
             )
+    return cfg
