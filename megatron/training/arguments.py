@@ -54,7 +54,10 @@ _SCHEDULER_FLAGS = {
     "override_opt_param_scheduler": Flag(name="--override-opt_param-scheduler"),
     "use_checkpoint_opt_param_scheduler": Flag(name="--use-checkpoint-opt_param-scheduler"),
 }
-_TRAINING_FLAGS = {"dataloader_type": Flag(choices=("single", "cyclic"))}
+_TRAINING_FLAGS = {
+    "dataloader_type": Flag(choices=("single", "cyclic")),
+    "check_for_nan_in_loss_and_grad": Flag(name="--no-check-for-nan-in-loss-and-grad", invert=True),
+}
 _DE_FLAGS = {"deepspeed_config": Flag(name="--deepspeed_config", aliases=("--deepspeed-config",))}
 
 

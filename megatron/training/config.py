@@ -68,6 +68,12 @@ class TrainingConfig:
     log_interval: int = 100
     """Iterations between log lines."""
 
+    check_for_nan_in_loss_and_grad: bool = True
+    """On by default: stop at the first iteration whose loss or gradient norm is NaN or inf,
+    before its update and without saving, with an error naming the iteration (fp16 overflow
+    steps are still skipped and training goes on). --no-check-for-nan-in-loss-and-grad turns it
+    off (a checkpoint of non-finite weights is refused either way)."""
+
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1:
             raise ValueError(f"--micro-batch-size must be >= 1, got {self.micro_batch_size}")
