@@ -231,6 +231,36 @@ def validate_run_config(run: RunConfig, check_data_files: bool = True) -> None:
         )
     if run.optimizer.fp16 and run.optimizer.bf16:
         raise ValueError("--fp16 and --bf16 exclude each other; pick one")
+    _check_data(run, check_data_files)
+    vpp = run.layout.virtual_pipeline_model_parallel_size
+    if vpp and vpp > 1:
+        _check_interleaved_micro_batches(tr, dp, par.pipeline_model_parallel_size)
+    _check_data_efficiency(run)
+    ck = run.checkpoint
+    if ck.save_interval is not None and ck.save is None:
+        raise ValueError("--save-interval needs --save <folder>")
+    _check_schedule(run)
+
+
+def _check_schedule(run: RunConfig) -> None:
+    """The batch-size ramp-up, the lr schedule over the budget (budget.py builds both) and the
+    seeds of the pipeline stages."""
+    tr = run.training
+    last_stage_seed = tr.seed + 100 * (run.parallel.pipeline_model_parallel_size - 1)
+    if last_stage_seed >= 2**32:
+        raise ValueError(
+            f"--seed {tr.seed}: the last pipeline stage seeds with --seed + 100 x stage = "
+            f"{last_stage_seed}, above 2**32 - 1; use a smaller --seed"
+        )
+    calc = MicroBatchCalculator(
+        tr.global_batch_size, tr.micro_batch_size, run.data_parallel_size, tr.rampup_batch_size
+    )
+    schedule_spans(run, train_num_samples(run, calc))
+
+
+def _check_data(run: RunConfig, check_files: bool) -> None:
+    """Where the data and the tokenizer come from; --data-path / --split / --*-data-path parse,
+    and (check_files) their prefixes exist."""
     d = run.data
     if not d.mock_data and not d.data_path and not d.train_data_path:
         raise ValueError(
@@ -250,35 +280,8 @@ def validate_run_config(run: RunConfig, check_data_files: bool = True) -> None:
             "--mock-data needs a tokenizer for its vocabulary size: e.g. --tokenizer-type "
             "NullTokenizer --vocab-size 1024"
         )
-    if not d.mock_data:
-        _check_data(d, check_data_files)
-    vpp = run.layout.virtual_pipeline_model_parallel_size
-    if vpp and vpp > 1:
-        _check_interleaved_micro_batches(tr, dp, par.pipeline_model_parallel_size)
-    _check_data_efficiency(run)
-    ck = run.checkpoint
-    if ck.save_interval is not None and ck.save is None:
-        raise ValueError("--save-interval needs --save <folder>")
-    last_stage_seed = tr.seed + 100 * (par.pipeline_model_parallel_size - 1)
-    if last_stage_seed >= 2**32:
-        raise ValueError(
-            f"--seed {tr.seed}: the last pipeline stage seeds with --seed + 100 x stage = "
-            f"{last_stage_seed}, above 2**32 - 1; use a smaller --seed"
-        )
-    _check_schedule(run)
-
-
-def _check_schedule(run: RunConfig) -> None:
-    """The batch-size ramp-up and the lr schedule over the budget (budget.py builds both)."""
-    tr = run.training
-    calc = MicroBatchCalculator(
-        tr.global_batch_size, tr.micro_batch_size, run.data_parallel_size, tr.rampup_batch_size
-    )
-    schedule_spans(run, train_num_samples(run, calc))
-
-
-def _check_data(d: DataConfig, check_files: bool) -> None:
-    """--data-path / --split / --*-data-path parse, and (check_files) their prefixes exist."""
+    if d.mock_data:
+        return
     paths = {
         "--data-path": d.data_path,
         "--train-data-path": d.train_data_path,
