@@ -69,8 +69,8 @@ from megatron.core.curriculum.config import (
     SEQLEN_TRUNCATE,
 )
 from megatron.core.deepspeed_config import load_deepspeed_config
-from megatron.core.json_config import ConfigError
 from megatron.core.random_ltd.config import LTD_HIDDEN_STATE_ORDERS, LTD_MODEL_TYPES
+from megatron.training.data_efficiency import check_against_model
 
 # --cl-metric key -> JSON key of the metric; keys under schedule_config carry the prefix "sc."
 _METRIC_KEYS = {
@@ -515,8 +515,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     a = parser.parse_args(argv)
     try:
         cfg = build_config(a)
-        load_deepspeed_config(cfg)  # the parser training uses: strict keys, types, values
-    except (ToolError, ConfigError) as exc:
+        loaded = load_deepspeed_config(cfg)  # the parser training uses: strict keys, types, values
+        if a.seq_length is not None and a.num_layers is not None:  # and its checks on the model
+            check_against_model(loaded, a.seq_length, a.num_layers, sequence_parallel=False)
+    except (ToolError, ValueError) as exc:  # ConfigError is a ValueError
         message = str(exc).removeprefix("<dict>: ")
         parser.exit(2, f"{parser.prog}: error: {message}\n")
     text = dumps(cfg) + "\n"

@@ -82,8 +82,14 @@ class TokenizerConfig:
         if kind == "GPT2BPETokenizer":
             self._require_file("vocab_file", "--vocab-file", "the GPT-2 vocab.json")
             self._require_file("merge_file", "--merge-file", "the GPT-2 merges.txt")
+            self._check_gpt2_files()
         elif kind.startswith("BertWordPiece"):
             self._require_file("vocab_file", "--vocab-file", "the BERT vocab.txt")
+            if _first_line(self.vocab_file).startswith("{"):
+                raise ValueError(
+                    f"--vocab-file {self.vocab_file!r} looks like a GPT-2 vocab.json (it starts "
+                    f"with '{{'); --tokenizer-type {kind} reads a BERT vocab.txt (one token a line)"
+                )
         elif kind == "SentencePieceTokenizer":
             self._require_file("tokenizer_model", "--tokenizer-model", "the SentencePiece model")
         elif kind == "HuggingFaceTokenizer":
@@ -107,6 +113,26 @@ class TokenizerConfig:
                 f"(--tokenizer-type {self.tokenizer_type} reads {what} from it)"
             )
 
+    def _check_gpt2_files(self) -> None:
+        """A vocab.json starts with '{', a merges.txt does not: catch swapped or wrong files."""
+        vocab, merges = _first_line(self.vocab_file), _first_line(self.merge_file)
+        fix = "--vocab-file takes the GPT-2 vocab.json, --merge-file the merges.txt"
+        if not vocab.startswith("{") and merges.startswith("{"):
+            raise ValueError(
+                f"--vocab-file {self.vocab_file!r} looks like a merges file and --merge-file "
+                f"{self.merge_file!r} like a vocab.json: swap them ({fix})"
+            )
+        if not vocab.startswith("{"):
+            what = "looks like a merges file" if _looks_like_merges(vocab) else "is not JSON"
+            raise ValueError(
+                f"--vocab-file {self.vocab_file!r} {what} (first line {vocab[:60]!r}); {fix}"
+            )
+        if merges.startswith("{"):
+            raise ValueError(
+                f"--merge-file {self.merge_file!r} looks like a vocab.json (it starts with '{{'); "
+                f"{fix}"
+            )
+
     def _check_hf_path(self) -> None:
         path = self.tokenizer_model
         if path is None:
@@ -127,3 +153,15 @@ class TokenizerConfig:
                 "files (nothing is downloaded): download the tokenizer.json beforehand and pass "
                 "its path"
             )
+
+
+def _first_line(path: str) -> str:
+    """The first non-blank line of a text file (at most 4 KiB read), without a BOM."""
+    with open(path, "rb") as f:
+        head = f.read(4096).decode("utf-8", errors="replace").lstrip("\ufeff \t\r\n")
+    return head.splitlines()[0] if head else ""
+
+
+def _looks_like_merges(line: str) -> bool:
+    """A merges.txt starts with "#version" or a "left right" pair."""
+    return line.startswith("#version") or len(line.split(" ")) == 2

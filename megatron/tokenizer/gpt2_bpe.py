@@ -76,7 +76,13 @@ def load_merges(path: str) -> List[Tuple[str, str]]:
 def load_vocab_json(path: str) -> Dict[str, int]:
     """Read vocab.json (token -> id)."""
     with open(path, encoding="utf-8") as f:
-        vocab = json.load(f)
+        try:
+            vocab = json.load(f)
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"--vocab-file {path!r} is not valid JSON ({exc}); it must be the GPT-2 "
+                "vocab.json (token -> id), the merges.txt goes to --merge-file"
+            ) from None
     if not isinstance(vocab, dict):
         raise ValueError(f"--vocab-file {path!r} must hold a JSON object token -> id")
     return {str(k): int(v) for k, v in vocab.items()}

@@ -15,11 +15,13 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 import torch
 
+from megatron.core.datasets.builder import parse_data_path, parse_split
+from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.optimizer.config import OptimizerConfig
-from megatron.core.parallel_state import RankLayout
 from megatron.core.transformer.config import TransformerConfig
 from megatron.tokenizer.config import TokenizerConfig
 
+from .budget import schedule_spans, train_num_samples
 from .config import (
     CheckpointConfig,
     DataConfig,
@@ -30,7 +32,10 @@ from .config import (
     SchedulerConfig,
     TrainingConfig,
 )
+from .data_efficiency import check_against_model, check_flags
+from .microbatches import MicroBatchCalculator
 from .options import Flag, add_dataclass_options, build_dataclass
+from .run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 
@@ -49,64 +54,11 @@ _SCHEDULER_FLAGS = {
     "override_opt_param_scheduler": Flag(name="--override-opt_param-scheduler"),
     "use_checkpoint_opt_param_scheduler": Flag(name="--use-checkpoint-opt_param-scheduler"),
 }
-_TRAINING_FLAGS = {"dataloader_type": Flag(choices=("single", "cyclic"))}
+_TRAINING_FLAGS = {
+    "dataloader_type": Flag(choices=("single", "cyclic")),
+    "check_for_nan_in_loss_and_grad": Flag(name="--no-check-for-nan-in-loss-and-grad", invert=True),
+}
 _DE_FLAGS = {"deepspeed_config": Flag(name="--deepspeed_config", aliases=("--deepspeed-config",))}
-
-
-@dataclasses.dataclass
-class RunConfig:
-    """Everything a training run is configured with, one object per concern."""
-
-    transformer: TransformerConfig
-    model: ModelConfig
-    training: TrainingConfig
-    scheduler: SchedulerConfig
-    optimizer: OptimizerConfig
-    checkpoint: CheckpointConfig
-    parallel: ParallelConfig
-    data: DataConfig
-    tokenizer: Optional[TokenizerConfig]
-    logging: LoggingConfig
-    data_efficiency: DataEfficiencyFlags = dataclasses.field(default_factory=DataEfficiencyFlags)
-    world_size: int = 1
-    extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
-    """Values of options added by the script's extra_args_provider."""
-
-    @property
-    def data_parallel_size(self) -> int:
-        """Model replicas: world size / (TP x PP)."""
-        p = self.parallel
-        return self.world_size // (p.tensor_model_parallel_size * p.pipeline_model_parallel_size)
-
-    @property
-    def layout(self) -> RankLayout:
-        """The `RankLayout` the parallelism flags ask for (the process groups are built from it;
-        after initialisation `Runtime.pstate.layout` is the one to read)."""
-        p = self.parallel
-        return RankLayout(
-            self.world_size,
-            p.tensor_model_parallel_size,
-            p.pipeline_model_parallel_size,
-            p.virtual_pipeline_size(self.transformer.num_layers),
-        )
-
-    def to_plain_dict(self) -> Dict[str, Any]:
-        """Plain-data view (for checkpoints: loadable with weights_only=True)."""
-
-        def plain(v):
-            if isinstance(v, torch.dtype):
-                return str(v).replace("torch.", "")
-            if isinstance(v, (list, tuple)):
-                return [plain(x) for x in v]
-            if isinstance(v, dict):
-                return {k: plain(x) for k, x in v.items()}
-            return v
-
-        out = {}
-        for f in dataclasses.fields(self):
-            v = getattr(self, f.name)
-            out[f.name] = plain(dataclasses.asdict(v)) if dataclasses.is_dataclass(v) else plain(v)
-        return out
 
 
 def build_parser(extra_args_provider: Optional[Callable] = None) -> argparse.ArgumentParser:
@@ -171,8 +123,15 @@ def parse_args(
     extra_args_provider: Optional[Callable] = None,
     defaults: Optional[Dict[str, Any]] = None,
     world_size: Optional[int] = None,
+    check_data_files: bool = True,
 ) -> RunConfig:
-    """Parse and validate the command line (argv defaults to sys.argv[1:])."""
+    """Parse and validate the command line (argv defaults to sys.argv[1:]).
+
+    Every check that needs only the flags (and the files they name) runs here, so a bad command
+    line exits with status 2 and a message naming the flag and the fix before anything is built.
+    `check_data_files=False` skips the existence check of the --data-path prefixes (for dry runs
+    that parse a launch command meant for another machine).
+    """
     parser = build_parser(extra_args_provider)
     if defaults:
         parser.set_defaults(**defaults)
@@ -181,14 +140,19 @@ def parse_args(
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
         run = config_from_namespace(
-            ns, parser, world_size if world_size is not None else _world_size()
+            ns,
+            parser,
+            world_size if world_size is not None else _world_size(),
+            check_data_files,
         )
     except ValueError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     return run
 
 
-def config_from_namespace(ns: argparse.Namespace, parser, world_size: int) -> RunConfig:
+def config_from_namespace(
+    ns: argparse.Namespace, parser, world_size: int, check_data_files: bool = True
+) -> RunConfig:
     """Build and cross-validate the per-concern configs (raises ValueError with the fix)."""
     model = build_dataclass(ModelConfig, ns)
     opt = build_dataclass(OptimizerConfig, ns)
@@ -225,12 +189,13 @@ def config_from_namespace(ns: argparse.Namespace, parser, world_size: int) -> Ru
         world_size=world_size,
         extra={k: getattr(ns, k) for k in known - core_fields - {"help"} if hasattr(ns, k)},
     )
-    validate_run_config(run)
+    validate_run_config(run, check_data_files)
     return run
 
 
-def validate_run_config(run: RunConfig) -> None:
-    """Checks that involve several configs or the world size."""
+def validate_run_config(run: RunConfig, check_data_files: bool = True) -> None:
+    """Checks that involve several configs or the world size (`check_data_files`: also that the
+    --data-path prefixes exist)."""
     par, tr, model = run.parallel, run.training, run.model
     run.transformer.check_layout(run.layout)
     dp = run.data_parallel_size
@@ -266,6 +231,36 @@ def validate_run_config(run: RunConfig) -> None:
         )
     if run.optimizer.fp16 and run.optimizer.bf16:
         raise ValueError("--fp16 and --bf16 exclude each other; pick one")
+    _check_data(run, check_data_files)
+    vpp = run.layout.virtual_pipeline_model_parallel_size
+    if vpp and vpp > 1:
+        _check_interleaved_micro_batches(tr, dp, par.pipeline_model_parallel_size)
+    _check_data_efficiency(run)
+    ck = run.checkpoint
+    if ck.save_interval is not None and ck.save is None:
+        raise ValueError("--save-interval needs --save <folder>")
+    _check_schedule(run)
+
+
+def _check_schedule(run: RunConfig) -> None:
+    """The batch-size ramp-up, the lr schedule over the budget (budget.py builds both) and the
+    seeds of the pipeline stages."""
+    tr = run.training
+    last_stage_seed = tr.seed + 100 * (run.parallel.pipeline_model_parallel_size - 1)
+    if last_stage_seed >= 2**32:
+        raise ValueError(
+            f"--seed {tr.seed}: the last pipeline stage seeds with --seed + 100 x stage = "
+            f"{last_stage_seed}, above 2**32 - 1; use a smaller --seed"
+        )
+    calc = MicroBatchCalculator(
+        tr.global_batch_size, tr.micro_batch_size, run.data_parallel_size, tr.rampup_batch_size
+    )
+    schedule_spans(run, train_num_samples(run, calc))
+
+
+def _check_data(run: RunConfig, check_files: bool) -> None:
+    """Where the data and the tokenizer come from; --data-path / --split / --*-data-path parse,
+    and (check_files) their prefixes exist."""
     d = run.data
     if not d.mock_data and not d.data_path and not d.train_data_path:
         raise ValueError(
@@ -285,14 +280,40 @@ def validate_run_config(run: RunConfig) -> None:
             "--mock-data needs a tokenizer for its vocabulary size: e.g. --tokenizer-type "
             "NullTokenizer --vocab-size 1024"
         )
-    vpp = run.layout.virtual_pipeline_model_parallel_size
-    if vpp and vpp > 1:
-        _check_interleaved_micro_batches(tr, dp, par.pipeline_model_parallel_size)
-    if run.data_efficiency.deepspeed_config:
-        _check_deepspeed_config(run)
-    ck = run.checkpoint
-    if ck.save_interval is not None and ck.save is None:
-        raise ValueError("--save-interval needs --save <folder>")
+    if d.mock_data:
+        return
+    paths = {
+        "--data-path": d.data_path,
+        "--train-data-path": d.train_data_path,
+        "--valid-data-path": d.valid_data_path,
+        "--test-data-path": d.test_data_path,
+    }
+    if d.data_path:
+        parse_split(d.split)
+    for flag, value in paths.items():
+        if not value:
+            continue
+        try:
+            prefixes, _ = parse_data_path(value)
+        except ValueError as exc:
+            raise ValueError(str(exc).replace("--data-path", flag)) from None
+        if check_files:
+            for prefix in prefixes:
+                _check_prefix(flag, prefix)
+
+
+def _check_prefix(flag: str, prefix: str) -> None:
+    if IndexedDataset.exists(prefix):
+        return
+    stem, ext = os.path.splitext(prefix)
+    if ext in (".bin", ".idx") and IndexedDataset.exists(stem):
+        raise ValueError(f"{flag} {prefix}: give the prefix without {ext}: {flag} {stem}")
+    missing = [p for p in (prefix + ".bin", prefix + ".idx") if not os.path.isfile(p)]
+    raise ValueError(
+        f"{flag} {prefix}: no such dataset ({' and '.join(missing)} missing); {flag} takes the "
+        "prefix of a .bin/.idx pair made by tools/preprocess_data.py (its --output-prefix plus "
+        "_text_document), or use --mock-data for synthetic tokens"
+    )
 
 
 def _check_interleaved_micro_batches(tr: TrainingConfig, dp: int, pp: int) -> None:
@@ -313,9 +334,20 @@ def _check_interleaved_micro_batches(tr: TrainingConfig, dp: int, pp: int) -> No
             )
 
 
-def _check_deepspeed_config(run: RunConfig) -> None:
+def _check_data_efficiency(run: RunConfig) -> None:
+    """--deepspeed_config against the command line and the model, and the flags that need it."""
+    flags, t = run.data_efficiency, run.transformer
+    cfg = _check_deepspeed_config(run) if flags.deepspeed_config else None
+    check_flags(cfg, flags.data_efficiency_curriculum_learning, flags.random_ltd)
+    try:
+        check_against_model(cfg, run.model.seq_length, t.num_layers, t.sequence_parallel)
+    except ValueError as exc:
+        raise ValueError(f"--deepspeed_config {flags.deepspeed_config}: {exc}") from None
+
+
+def _check_deepspeed_config(run: RunConfig):
     """Parse --deepspeed_config now (strict validation before any heavy work) and check the batch
-    sizes it states against the command line's, as Megatron-DeepSpeed does."""
+    sizes it states against the command line's, as Megatron-DeepSpeed does; returns it."""
     from megatron.core.deepspeed_config import load_deepspeed_config
 
     path = run.data_efficiency.deepspeed_config
@@ -334,3 +366,4 @@ def _check_deepspeed_config(run: RunConfig) -> None:
                 f"--deepspeed_config {path} sets {key} {theirs} but {flag} is {ours}; make them "
                 "agree"
             )
+    return cfg

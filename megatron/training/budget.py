@@ -12,9 +12,9 @@ import logging
 import math
 from typing import Dict, Optional
 
-from .arguments import RunConfig
 from .lr_scheduler import OptimizerParamScheduler
 from .microbatches import MicroBatchCalculator
+from .run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 

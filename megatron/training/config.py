@@ -68,14 +68,25 @@ class TrainingConfig:
     log_interval: int = 100
     """Iterations between log lines."""
 
+    check_for_nan_in_loss_and_grad: bool = True
+    """On by default: stop at the first iteration whose loss or gradient norm is NaN or inf,
+    before its update and without saving, with an error naming the iteration (fp16 overflow
+    steps are still skipped and training goes on). --no-check-for-nan-in-loss-and-grad turns it
+    off (a checkpoint of non-finite weights is refused either way)."""
+
     def __post_init__(self) -> None:
         if self.micro_batch_size < 1:
             raise ValueError(f"--micro-batch-size must be >= 1, got {self.micro_batch_size}")
-        if self.rampup_batch_size is not None and len(self.rampup_batch_size) != 3:
+        if self.global_batch_size is not None and self.global_batch_size < 1:
             raise ValueError(
-                "--rampup-batch-size takes 3 numbers: <start batch> <increment> <ramp-up samples>, "
-                f"got {self.rampup_batch_size}"
+                f"--global-batch-size must be >= 1, got {self.global_batch_size}; give the "
+                "samples per optimizer step (or leave it out: micro batch x data-parallel size)"
             )
+        self._check_rampup()
+        self._check_budget()
+        self._check_exit()
+        if not 0 <= self.seed < 2**32:
+            raise ValueError(f"--seed must be in [0, 2**32 - 1], got {self.seed}")
         budgets = [
             x for x in (self.train_iters, self.train_samples, self.train_tokens) if x is not None
         ]
@@ -94,6 +105,46 @@ class TrainingConfig:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1")
         if self.eval_iters < 0 or self.num_workers < 0:
             raise ValueError("--eval-iters and --num-workers must be >= 0")
+
+    def _check_rampup(self) -> None:
+        if self.rampup_batch_size is None:
+            return
+        if len(self.rampup_batch_size) != 3:
+            raise ValueError(
+                "--rampup-batch-size takes 3 numbers: <start batch> <increment> <ramp-up samples>, "
+                f"got {self.rampup_batch_size}"
+            )
+        for name, value in zip(
+            ("start batch", "increment", "ramp-up samples"), self.rampup_batch_size
+        ):
+            if value < 1:
+                raise ValueError(
+                    f"--rampup-batch-size {' '.join(map(str, self.rampup_batch_size))}: the "
+                    f"{name} must be >= 1, got {value}; e.g. --rampup-batch-size 16 16 1000000 "
+                    "grows the batch from 16 by 16 over 1000000 samples"
+                )
+
+    def _check_budget(self) -> None:
+        for name in ("train_iters", "train_samples", "train_tokens"):
+            value = getattr(self, name)
+            if value is None or value >= 1 or (value == 0 and self.skip_train):
+                continue
+            raise ValueError(
+                f"--{name.replace('_', '-')} must be >= 1, got {value}; to only evaluate a "
+                "checkpoint use --skip-train"
+            )
+
+    def _check_exit(self) -> None:
+        if self.exit_interval is not None and self.exit_interval < 1:
+            raise ValueError(
+                f"--exit-interval must be >= 1 (iterations between exits), got "
+                f"{self.exit_interval}; leave it out to train to the end of the budget"
+            )
+        if self.exit_duration_in_mins is not None and not self.exit_duration_in_mins > 0:
+            raise ValueError(
+                f"--exit-duration-in-mins must be > 0, got {self.exit_duration_in_mins}; leave it "
+                "out to train without a time limit"
+            )
 
 
 @dataclasses.dataclass
@@ -147,6 +198,17 @@ class SchedulerConfig:
             raise ValueError(
                 f"--lr-warmup-fraction must be in [0, 1], got {self.lr_warmup_fraction}"
             )
+        for name in ("lr_decay_iters", "lr_decay_samples", "lr_decay_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {value}; leave it out to "
+                    "decay over the training budget"
+                )
+        for name in ("lr_warmup_iters", "lr_warmup_samples", "lr_warmup_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
 
 
 @dataclasses.dataclass

@@ -10,7 +10,7 @@ import torch.distributed as dist
 
 from megatron.core.datasets.builder import build_train_valid_test_datasets, parse_data_path
 
-from .arguments import RunConfig
+from .run_config import RunConfig
 
 logger = logging.getLogger(__name__)
 

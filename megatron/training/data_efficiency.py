@@ -22,7 +22,7 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 from megatron.core.curriculum.analysis import attach_metrics
 from megatron.core.curriculum.config import SEQLEN_RESHAPE, SEQLEN_TRUNCATE
 from megatron.core.curriculum.metrics import BUILTIN_METRICS, CurriculumMetricsConfig
-from megatron.core.curriculum.pacing import curriculum_difficulties
+from megatron.core.curriculum.pacing import curriculum_difficulties, difficulty_segments
 from megatron.core.curriculum.sampler import CurriculumSampler
 from megatron.core.curriculum.seqlen import (
     gpt_batch_shape_at_step,
@@ -81,39 +81,20 @@ class DataEfficiency:
         if self.legacy is not None and not self.legacy.enabled:
             self.legacy = None
         self.ltd = de.random_ltd if de is not None and de.random_ltd.enabled else None
-        self.ltd_layers: Tuple[int, ...] = ()
-        if self.ltd is not None:
-            self._check_ltd(sequence_parallel)
-        self.sampler = None
-
-    # ---- validation ------------------------------------------------------------------------
-    def _check_ltd(self, sequence_parallel: bool) -> None:
-        ltd = self.ltd
-        if ltd.total_layer_num is not None and ltd.total_layer_num != self.num_layers:
-            raise ValueError(
-                f"data_routing.random_ltd.total_layer_num is {ltd.total_layer_num} but "
-                "--num-layers is "
-                f"{self.num_layers}; make them equal"
-            )
-        self.ltd_layers = check_random_ltd_config(
-            self.num_layers, ltd.random_ltd_layer_id, sequence_parallel
-        )
-        if ltd.random_ltd_layer_num is not None and ltd.random_ltd_layer_num != len(
-            self.ltd_layers
-        ):
-            raise ValueError(
-                f"data_routing.random_ltd.random_ltd_layer_num is {ltd.random_ltd_layer_num} but "
-                f"random_ltd_layer_id lists {len(self.ltd_layers)} layers"
-            )
-        if ltd.random_ltd_schedule is None:
-            raise ValueError("data_routing.random_ltd needs a random_ltd_schedule block")
-        if ltd.random_ltd_schedule.max_value > self.seq_length:
+        self.ltd_layers = check_against_model(ds_config, seq_length, num_layers, sequence_parallel)
+        if self.ltd is not None and self.ltd.random_ltd_schedule.max_value > seq_length:
             logger.warning(
                 "random_ltd_schedule.max_value %d exceeds --seq-length %d: K is capped at the "
                 "length",
-                ltd.random_ltd_schedule.max_value,
-                self.seq_length,
+                self.ltd.random_ltd_schedule.max_value,
+                seq_length,
             )
+        if ds_config is not None and seqlen_mode(ds_config)[0] == "reshape" and model_type != "gpt":
+            raise ValueError(
+                "the seqlen_reshape curriculum metric re-chunks GPT text; for BERT use "
+                "seqlen_truncate"
+            )
+        self.sampler = None
 
     @property
     def enabled(self) -> bool:
@@ -319,6 +300,85 @@ def _batch_shape(batch: Dict, model_type: str) -> Tuple[int, int]:
     return int(rows), n - 1 if model_type == "gpt" else n
 
 
+# ---- validation ------------------------------------------------------------------------------
+def check_flags(ds: Optional[DeepSpeedConfig], curriculum_flag: bool, random_ltd_flag: bool):
+    """--data-efficiency-curriculum-learning and --random-ltd need their --deepspeed_config
+    blocks enabled."""
+    de = ds.data_efficiency if ds is not None else None
+    if curriculum_flag and (de is None or not de.curriculum_learning.enabled):
+        raise ValueError(
+            "--data-efficiency-curriculum-learning needs --deepspeed_config with "
+            "data_efficiency.data_sampling.curriculum_learning enabled"
+        )
+    if random_ltd_flag and (de is None or not de.random_ltd.enabled):
+        raise ValueError(
+            "--random-ltd needs --deepspeed_config with data_efficiency.data_routing.random_ltd "
+            "enabled"
+        )
+
+
+def check_against_model(
+    ds: Optional[DeepSpeedConfig], seq_length: int, num_layers: int, sequence_parallel: bool
+) -> Tuple[int, ...]:
+    """Check the enabled curriculum and random-LTD settings against --seq-length, --num-layers
+    and --sequence-parallel (ValueError naming the key, the flag and the fix); returns the
+    random-LTD layer ids (empty when random-LTD is off). `parse_args` calls it, so a mismatch
+    fails before anything is built."""
+    if ds is None:
+        return ()
+    _check_seqlen_schedule(ds, seq_length)
+    ltd = ds.data_efficiency.random_ltd
+    return _check_ltd(ltd, seq_length, num_layers, sequence_parallel) if ltd.enabled else ()
+
+
+def _check_seqlen_schedule(ds: DeepSpeedConfig, seq_length: int) -> None:
+    """A sequence-length curriculum must end at most at --seq-length: above it the lengths are
+    capped and the schedule reaches full length before its last step."""
+    mode, schedule = seqlen_mode(ds)
+    if schedule is None or schedule.max_difficulty <= seq_length:
+        return
+    legacy = mode == "legacy"
+    what = (
+        "the legacy curriculum_learning block" if legacy else f"curriculum metric {schedule.name}"
+    )
+    when = ""
+    if schedule.schedule_type != "custom":
+        reach = next((s for s, v in difficulty_segments(schedule) if v >= seq_length), None)
+        total = schedule.schedule_config.total_curriculum_step
+        if reach is not None:
+            when = f" from step {reach}" + (f" instead of step {total}" if total else "")
+    raise ValueError(
+        f"{what}: max_difficulty {schedule.max_difficulty} is above --seq-length {seq_length}: "
+        f"lengths are capped at {seq_length} (full length{when}), so the schedule is not the "
+        f"one planned; set max_difficulty to {seq_length} (or raise --seq-length)"
+    )
+
+
+def _check_ltd(ltd, seq_length: int, num_layers: int, sequence_parallel: bool) -> Tuple[int, ...]:
+    if ltd.total_layer_num is not None and ltd.total_layer_num != num_layers:
+        raise ValueError(
+            f"data_routing.random_ltd.total_layer_num is {ltd.total_layer_num} but --num-layers "
+            f"is {num_layers}; make them equal"
+        )
+    layers = check_random_ltd_config(num_layers, ltd.random_ltd_layer_id, sequence_parallel)
+    if ltd.random_ltd_layer_num is not None and ltd.random_ltd_layer_num != len(layers):
+        raise ValueError(
+            f"data_routing.random_ltd.random_ltd_layer_num is {ltd.random_ltd_layer_num} but "
+            f"random_ltd_layer_id lists {len(layers)} layers"
+        )
+    sched = ltd.random_ltd_schedule
+    if sched is None:
+        raise ValueError("data_routing.random_ltd needs a random_ltd_schedule block")
+    if sched.min_value >= seq_length:
+        raise ValueError(
+            f"random_ltd_schedule.min_value {sched.min_value} is not below --seq-length "
+            f"{seq_length}: every layer would keep all {seq_length} tokens and random-LTD would "
+            f"drop none; set min_value below {seq_length} (the tokens kept at the first step, "
+            "e.g. a quarter of the sequence) and max_value to --seq-length"
+        )
+    return layers
+
+
 def build_data_efficiency(run, model_type: str, pstate) -> DataEfficiency:
     """From the run's flags: --deepspeed_config, --data-efficiency-curriculum-learning,
     --random-ltd."""
@@ -336,16 +396,7 @@ def build_data_efficiency(run, model_type: str, pstate) -> DataEfficiency:
         pstate.dp_size,
     )
     curriculum_on = obj.curriculum is not None or obj.legacy is not None
-    if de_flags.data_efficiency_curriculum_learning and obj.curriculum is None:
-        raise ValueError(
-            "--data-efficiency-curriculum-learning needs --deepspeed_config with "
-            "data_efficiency.data_sampling.curriculum_learning enabled"
-        )
-    if de_flags.random_ltd and obj.ltd is None:
-        raise ValueError(
-            "--random-ltd needs --deepspeed_config with data_efficiency.data_routing.random_ltd "
-            "enabled"
-        )
+    check_flags(ds, de_flags.data_efficiency_curriculum_learning, de_flags.random_ltd)
     if obj.ltd is not None and not de_flags.random_ltd:
         logger.info("random-LTD is enabled by --deepspeed_config (--random-ltd not given)")
     if curriculum_on:

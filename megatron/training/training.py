@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from megatron.core.distributed import DDPConfig, DistributedDataParallel, finalize_model_grads
-from megatron.core.optimizer import get_megatron_optimizer
+from megatron.core.optimizer import NonFiniteGradError, get_megatron_optimizer
 from megatron.core.pipeline_parallel import broadcast_from_last_stage, get_forward_backward_func
 from megatron.core.pipeline_parallel.schedule_args import ScheduleArgs
 from megatron.core.utils import unwrap_model
@@ -41,6 +41,12 @@ from .microbatches import MicroBatchCalculator
 from .save_lock import acquire_save_lock
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteTrainingError(FloatingPointError):
+    """Training met a NaN or inf loss or gradient norm (--check-for-nan-in-loss-and-grad, on by
+    default) or was about to save non-finite weights; the message names the iteration, and
+    nothing was saved over the checkpoints in --save."""
 
 
 @dataclasses.dataclass
@@ -254,10 +260,35 @@ def train_step(ctx: TrainingContext, data_iterator, plan: StepPlan):
     args = ctx.schedule_args(data_iterator, plan.num_microbatches, plan.shape, forward_only=False)
     reports = ctx.schedule()(args)
     finalize_model_grads(ctx.model, ctx.rt.pstate)
-    ok, grad_norm, _ = ctx.optimizer.step()
+    report = _average_reports(reports, ctx.rt.pstate)  # the same values on every rank
+    check = ctx.run.training.check_for_nan_in_loss_and_grad
+    bad = {k: v for k, v in report.items() if not math.isfinite(v)}
+    if check and bad:
+        raise _non_finite(ctx, plan.step, ", ".join(f"{k} is {v}" for k, v in bad.items()))
+    try:
+        ok, grad_norm, _ = ctx.optimizer.step(check_finite=check)
+    except NonFiniteGradError as exc:
+        raise _non_finite(ctx, plan.step, f"the gradient norm is {exc.grad_norm}") from None
     if ok:
         ctx.scheduler.step(plan.global_batch_size, plan.tokens, plan.layer_tokens)
-    return _average_reports(reports, ctx.rt.pstate), ok, grad_norm
+    return report, ok, grad_norm
+
+
+def _non_finite(ctx: TrainingContext, step: int, what: str) -> NonFiniteTrainingError:
+    """The error that stops training at `step` (before its update; nothing is saved)."""
+    save = ctx.run.checkpoint.save
+    kept = ""
+    if save:
+        last, _ = ckpt.read_tracker(save)
+        kept = f"; --save {save} " + (
+            f"keeps its latest checkpoint, iteration {last}" if last is not None else "is empty"
+        )
+    return NonFiniteTrainingError(
+        f"iteration {step}: {what}; training stopped before this update and saved nothing"
+        f"{kept}. Look for the cause (a learning rate too high or a warmup too short, a bad "
+        "sample, fp16 without loss scaling) and resume from the last checkpoint with --load; "
+        "--no-check-for-nan-in-loss-and-grad trains on instead"
+    )
 
 
 @torch.no_grad()
@@ -289,7 +320,8 @@ def _run_evaluation(ctx: TrainingContext, st: TrainState, loader, label: str = "
         parts.append(f"{k} value: {v:.6E}")
         sink.scalar(f"{k} {label}", v, st.iteration)
         if "loss" in k:
-            ppl = math.exp(min(20.0, v))
+            # exp capped at e**20 as Megatron does; a NaN or inf loss has no perplexity to show
+            ppl = math.exp(min(20.0, v)) if math.isfinite(v) else math.nan
             parts.append(f"{k} PPL: {ppl:.6E}")
             if run.logging.log_validation_ppl_to_tensorboard:
                 sink.scalar(f"{k} {label} ppl", ppl, st.iteration)
@@ -316,7 +348,8 @@ class _ExitSignal:
 def _any_rank(flag: bool) -> bool:
     if not dist.is_initialized():
         return flag
-    t = torch.tensor([1 if flag else 0], dtype=torch.int32)
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"  # NCCL reduces CUDA tensors only
+    t = torch.tensor([1 if flag else 0], dtype=torch.int32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
@@ -333,8 +366,25 @@ def _budget_done(run: RunConfig, st: TrainState) -> bool:
 
 
 def save(ctx: TrainingContext, st: TrainState) -> None:
-    """Save a checkpoint of the current state to --save."""
+    """Save a checkpoint of the current state to --save (collective; refuses non-finite weights,
+    so a checkpoint that was good stays the latest one)."""
     run, rt, ck = ctx.run, ctx.rt, ctx.run.checkpoint
+    params = [p for m in ctx.model for p in m.parameters()]
+    finite = bool(torch.stack([torch.isfinite(p).all() for p in params]).all()) if params else True
+    if _any_rank(not finite):
+        hint = (
+            ""
+            if run.training.check_for_nan_in_loss_and_grad
+            else (
+                "drop --no-check-for-nan-in-loss-and-grad to stop at the first non-finite loss and "
+            )
+        )
+        raise NonFiniteTrainingError(
+            f"iteration {st.iteration}: the model weights hold NaN or inf values "
+            f"({st.nan_iterations} non-finite iterations so far); not saving them to --save "
+            f"{ck.save}, whose checkpoints are kept: {hint}resume from the last checkpoint with "
+            "--load"
+        )
     rt.last_saved_iteration = st.iteration
     de = rt.data_efficiency
     content = ckpt.CheckpointContent(

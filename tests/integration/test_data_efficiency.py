@@ -10,6 +10,7 @@ import pretrain_bert
 import pretrain_gpt
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 from megatron.core.datasets.token_counts import save_token_counts
+from megatron.training.arguments import parse_args
 from megatron.training.training import pretrain
 from tests.distributed.launcher import run_distributed
 
@@ -221,12 +222,106 @@ def test_unknown_key_in_deepspeed_config_fails_fast(tmp_path, gpt_data, capsys):
     assert "random_ltd_schedul" in err and "random_ltd_schedule" in err
 
 
-def test_random_ltd_flag_without_config_block_is_an_error(tmp_path, gpt_data):
+def test_random_ltd_flag_without_config_block_is_an_error(tmp_path, gpt_data, capsys):
     cfg = ds_config(tmp_path, ltd=False)
-    with pytest.raises(ValueError, match="--random-ltd needs"):
+    with pytest.raises(SystemExit) as exc:  # in parse_args, before anything is built
         run_gpt(
             gpt_args(gpt_data, ["--train-iters", "2", "--deepspeed_config", cfg, "--random-ltd"])
         )
+    assert exc.value.code == 2 and "--random-ltd needs" in capsys.readouterr().err
+
+
+def _edited_config(tmp_path, edit, **kwargs):
+    """ds_config(tmp_path, **kwargs) with `edit` applied to its data_efficiency block."""
+    cfg = json.loads(open(ds_config(tmp_path, **kwargs)).read())
+    edit(cfg["data_efficiency"])
+    path = tmp_path / "edited.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def _truncate(de):
+    return de["data_sampling"]["curriculum_learning"]["curriculum_metrics"]["seqlen_truncate"]
+
+
+def _ltd(de):
+    return de["data_routing"]["random_ltd"]
+
+
+# (id, edit of the data_efficiency block, ds_config kwargs, expected message)
+BAD_DE = [
+    (
+        "seqlen_truncate max above --seq-length",
+        lambda de: _truncate(de).update(max_difficulty=2 * SEQ),
+        dict(ltd=False),
+        f"curriculum metric seqlen_truncate: max_difficulty {2 * SEQ} is above --seq-length "
+        f"{SEQ}: lengths are capped at {SEQ} (full length from step 3 instead of step 6)",
+    ),
+    (
+        "difficulty_step above the range",
+        lambda de: _truncate(de)["schedule_config"].update(difficulty_step=64),
+        dict(ltd=False),
+        "difficulty_step 64 has no multiple in (min_difficulty 8, max_difficulty 32]: the "
+        "difficulty would stay at 8 for the whole run",
+    ),
+    (
+        "seqlen min 0",
+        lambda de: _truncate(de).update(min_difficulty=0),
+        dict(ltd=False),
+        "curriculum metric seqlen_truncate: min_difficulty 0 is a sequence length and must be >= 1",
+    ),
+    (
+        "random-LTD min_value above --seq-length",
+        lambda de: _ltd(de)["random_ltd_schedule"].update(min_value=48, max_value=64),
+        dict(curriculum=False),
+        f"random_ltd_schedule.min_value 48 is not below --seq-length {SEQ}: every layer would "
+        "keep all",
+    ),
+    (
+        "random-LTD without layers",
+        lambda de: _ltd(de).update(random_ltd_layer_id=[], random_ltd_layer_num=0),
+        dict(curriculum=False),
+        "random_ltd_layer_id is empty: random-LTD would drop tokens in no layer",
+    ),
+    (
+        "random-LTD total_layer_num",
+        lambda de: _ltd(de).update(total_layer_num=6),
+        dict(curriculum=False),
+        "total_layer_num is 6 but --num-layers is 4",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "edit,kwargs,expected", [r[1:] for r in BAD_DE], ids=[r[0] for r in BAD_DE]
+)
+def test_data_efficiency_config_is_checked_against_the_model(
+    tmp_path, gpt_data, capsys, edit, kwargs, expected
+):
+    """Each hole used to train silently (or fail at step 1); now parse_args exits 2 naming the
+    file, the key, the flag it contradicts and the fix."""
+    cfg = _edited_config(tmp_path, edit, **kwargs)
+    with pytest.raises(SystemExit) as exc:
+        parse_args(gpt_args(gpt_data, ["--train-iters", "8", "--deepspeed_config", cfg]))
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and cfg in err and expected in err, err
+
+
+def test_bad_data_efficiency_config_fails_before_the_model_is_built(tmp_path, gpt_data, capsys):
+    cfg = _edited_config(tmp_path, BAD_DE[0][1], **BAD_DE[0][2])
+    built = []
+
+    def model_provider(*args):
+        built.append(args)
+        return pretrain_gpt.model_provider(*args)
+
+    argv = gpt_args(gpt_data, ["--train-iters", "8", "--deepspeed_config", cfg])
+    with pytest.raises(SystemExit) as exc:
+        pretrain(
+            pretrain_gpt.datasets_provider, model_provider, pretrain_gpt.forward_step, argv=argv
+        )
+    assert exc.value.code == 2 and not built
+    assert "max_difficulty 64 is above --seq-length" in capsys.readouterr().err
 
 
 def _pp_body(rank, world_size, argv):

@@ -127,7 +127,7 @@ def test_paper_launcher_writes_the_table_config_and_a_valid_command(
     # the training command is what pretrain would accept on 32 processes
     script = PAPER[model][1]
     flags = argv[argv.index(script) + 1 :]
-    parsed = parse_args(flags, world_size=32)
+    parsed = parse_args(flags, world_size=32, check_data_files=False)  # a dry run
     t = parsed.training
     assert parsed.optimizer.lr == pytest.approx(lr)
     assert parsed.data_efficiency.deepspeed_config == str(cfg_path)

@@ -310,7 +310,7 @@ def test_launchers_build_valid_command_lines(repo_root, tokenizer_dir, launcher,
         ("--master-addr", "node0"),
     ]:
         assert launch[launch.index(flag) + 1] == value
-    run = parse_args(argv[at + 1 :], world_size=8)
+    run = parse_args(argv[at + 1 :], world_size=8, check_data_files=False)  # a dry run
     t = run.transformer
     assert (
         t.num_layers,

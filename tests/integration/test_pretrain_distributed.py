@@ -80,3 +80,45 @@ def test_exit_duration_saves_and_stops(tmp_path):
     )
     assert st.iteration == 1 and len(history) == 1
     assert open(save / "latest_checkpointed_iteration.txt").read().strip() == "1"
+
+
+def _nan_on_rank_0_body(rank, world_size, argv):
+    """Rank 0 alone poisons a weight: every rank must stop at the same iteration (none may hang
+    in a collective the others skipped)."""
+    import torch
+
+    import pretrain_gpt
+    from megatron.training.training import NonFiniteTrainingError, pretrain
+
+    torch.set_num_threads(1)
+
+    def provider(run_cfg, rt, pre, post, vp):
+        model = pretrain_gpt.model_provider(run_cfg, rt, pre, post, vp)
+
+        def poison(module, args):  # once, before any graph holds the weight (1F1B overlaps)
+            weight = module.decoder.layers[0].mlp.linear_fc1.weight
+            if not torch.isnan(weight).any():
+                with torch.no_grad():
+                    weight[0, 0] = float("nan")
+
+        if rank == 0:
+            model.register_forward_pre_hook(poison)
+        return model
+
+    try:
+        pretrain(pretrain_gpt.datasets_provider, provider, pretrain_gpt.forward_step, argv=argv)
+    except NonFiniteTrainingError as exc:
+        return str(exc).split(";")[0]
+    return "trained on"
+
+
+@pytest.mark.parametrize(
+    "layout", [[], ["--pipeline-model-parallel-size", "2"], ["--tensor-model-parallel-size", "2"]]
+)
+def test_a_nan_on_one_rank_stops_every_rank_at_the_same_iteration(tmp_path, layout):
+    argv = TINY + NO_DROPOUT + layout + ["--save", str(tmp_path), "--save-interval", "1"]
+    assert (
+        run_distributed(_nan_on_rank_0_body, 2, argv, timeout=300)
+        == ["iteration 1: lm loss is nan"] * 2
+    )
+    assert os.listdir(tmp_path) == []  # nothing was saved

@@ -1,7 +1,9 @@
 """pretrain_gpt end to end in one process: loss falls, exact resume, checkpoint format, errors."""
 
 import json
+import math
 import os
+import re
 import subprocess
 import sys
 
@@ -12,7 +14,7 @@ import torch
 import pretrain_gpt
 from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 from megatron.training import checkpointing as ckpt
-from megatron.training.training import pretrain
+from megatron.training.training import NonFiniteTrainingError, pretrain
 
 TINY = [
     "--num-layers",
@@ -277,3 +279,113 @@ def test_use_checkpoint_args_takes_the_architecture(tmp_path):
         history,
     )
     assert st.iteration == 3 and [h["iteration"] for h in history] == [3]
+
+
+# ---- non-finite losses and gradients ---------------------------------------------------------
+SCHEDULE = ["--lr-decay-iters", "6"]  # the same lr schedule in the good run and its resumption
+
+
+def _files(folder):
+    """{relative path: bytes} of every file under `folder`."""
+    return {
+        os.path.relpath(os.path.join(d, f), folder): open(os.path.join(d, f), "rb").read()
+        for d, _, names in os.walk(folder)
+        for f in names
+    }
+
+
+def _good_checkpoint(folder):
+    run(TINY + ["--train-iters", "3", "--save", str(folder)] + SCHEDULE)
+    before = _files(folder)
+    assert before[ckpt.TRACKER_FILENAME] == b"3"
+    return before
+
+
+def _poisoned_weight_provider(run_cfg, rt, pre, post, vp):
+    """pretrain_gpt's model with one weight set to NaN before each forward (e.g. a corrupted
+    update or a bad restore)."""
+    model = pretrain_gpt.model_provider(run_cfg, rt, pre, post, vp)
+
+    def poison(module, args):
+        with torch.no_grad():
+            module.decoder.layers[0].mlp.linear_fc1.weight[0, 0] = float("nan")
+
+    model.register_forward_pre_hook(poison)
+    return model
+
+
+def _pretrain(provider, argv, history=None):
+    return pretrain(
+        pretrain_gpt.datasets_provider,
+        provider,
+        pretrain_gpt.forward_step,
+        argv=argv,
+        history=history,
+    )
+
+
+def test_nan_loss_stops_at_its_iteration_and_keeps_the_good_checkpoint(tmp_path):
+    before = _good_checkpoint(tmp_path)
+    history = []
+    argv = TINY + ["--train-iters", "6", "--load", str(tmp_path), "--save", str(tmp_path)]
+    argv += ["--save-interval", "1", "--eval-interval", "1"] + SCHEDULE
+    message = "iteration 4: lm loss is nan; training stopped before this update and saved nothing"
+    with pytest.raises(NonFiniteTrainingError, match=message) as exc:
+        _pretrain(_poisoned_weight_provider, argv, history)
+    assert f"--save {tmp_path} keeps its latest checkpoint, iteration 3" in str(exc.value)
+    assert history == []  # not even iteration 4 was counted
+    assert _files(tmp_path) == before  # no new checkpoint, the tracker still says 3
+
+
+@pytest.mark.parametrize("clip", ["1.0", "0"])
+def test_nan_gradient_stops_before_the_update(clip):
+    """A finite loss with a NaN gradient: the weights never see the update (with --clip-grad 0
+    the norm is computed for the check alone)."""
+    models, initial = [], {}
+
+    def provider(run_cfg, rt, pre, post, vp):
+        model = pretrain_gpt.model_provider(run_cfg, rt, pre, post, vp)
+        weight = model.decoder.layers[1].mlp.linear_fc2.weight
+        weight.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+
+        def remember_initial_weights(module, args):
+            if not initial:
+                initial.update({k: v.clone() for k, v in module.state_dict().items()})
+
+        model.register_forward_pre_hook(remember_initial_weights)
+        models.append(model)
+        return model
+
+    with pytest.raises(NonFiniteTrainingError, match="iteration 1: the gradient norm is nan"):
+        _pretrain(provider, TINY + ["--train-iters", "4", "--clip-grad", clip])
+    after = models[0].state_dict()
+    assert initial and all(torch.equal(initial[k], after[k]) for k in initial)
+
+
+def test_without_the_check_training_goes_on_but_nan_weights_are_not_saved(tmp_path, capsys):
+    before = _good_checkpoint(tmp_path)
+    history = []
+    argv = TINY + ["--train-iters", "6", "--load", str(tmp_path), "--save", str(tmp_path)]
+    argv += ["--save-interval", "2", "--eval-interval", "1", "--no-check-for-nan-in-loss-and-grad"]
+    with pytest.raises(NonFiniteTrainingError, match="iteration 4: the model weights hold NaN"):
+        _pretrain(_poisoned_weight_provider, argv + SCHEDULE, history)
+    assert [h["iteration"] for h in history] == [4] and math.isnan(history[0]["lm loss"])
+    assert _files(tmp_path) == before
+    out = capsys.readouterr().out
+    # the validation line shows no perplexity for a NaN loss (it used to print exp(20))
+    assert "lm loss value: NAN | lm loss PPL: NAN" in out and "4.851652E+08" not in out
+
+
+def test_the_script_exits_non_zero_naming_the_iteration(tmp_path, repo_root):
+    """pretrain_gpt.py with a learning rate that blows the weights up after the first step."""
+    argv = [a if a != "3e-3" else "1e30" for a in TINY] + ["--train-iters", "6"]
+    argv += ["--save", str(tmp_path), "--save-interval", "1"]
+    done = subprocess.run(
+        [sys.executable, "pretrain_gpt.py", *argv], cwd=repo_root, capture_output=True, text=True
+    )
+    found = re.search(r"NonFiniteTrainingError: iteration (\d+): lm loss is (nan|inf)", done.stderr)
+    assert done.returncode != 0 and found, done.stderr[-2000:]
+    bad = int(found.group(1))
+    tracker = open(tmp_path / ckpt.TRACKER_FILENAME).read().strip()
+    assert bad >= 2 and tracker == str(bad - 1)  # every good step saved, the bad one not
+    assert sorted(os.listdir(tmp_path))[-2] == f"iter_{bad - 1:07d}"

@@ -324,6 +324,19 @@ BAD = [
         ],
         "ids must be distinct and in [0, 4)",
     ),
+    (
+        [
+            "--num-layers",
+            "4",
+            "--seq-length",
+            "64",
+            "--random-ltd-min",
+            "64",
+            "--random-ltd-require-steps",
+            "10",
+        ],
+        "min_value 64 is not below --seq-length 64",
+    ),
     (["--fp16", "--initial-loss-scale", "3000"], "must be a power of 2"),
     (["--fp16", "--bf16"], "exclude each other"),
 ]

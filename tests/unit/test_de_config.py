@@ -228,6 +228,78 @@ def test_legacy_block():
     assert not load_deepspeed_config(disabled).curriculum_learning.enabled
 
 
+def test_sequence_length_schedules_start_at_one_token_or_more():
+    """A seqlen min <= 0 used to pass the reader and fail at step 1."""
+    d = gpt_dict()
+    metrics = d["data_efficiency"]["data_sampling"]["curriculum_learning"]["curriculum_metrics"]
+    metrics["seqlen_truncate"]["min_difficulty"] = 0
+    with pytest.raises(ConfigError, match="seqlen_truncate: min_difficulty 0 is a sequence length"):
+        load_deepspeed_config(d)
+    legacy = {
+        "curriculum_learning": {
+            "enabled": True,
+            "min_difficulty": -8,
+            "max_difficulty": 1024,
+            "schedule_config": {"total_curriculum_step": 100, "difficulty_step": 8},
+        }
+    }
+    with pytest.raises(ConfigError, match="legacy curriculum_learning block: min_difficulty -8"):
+        load_deepspeed_config(legacy)
+
+
+def test_a_maximum_off_the_difficulty_step_is_reported(caplog):
+    d = gpt_dict()
+    metric_path(d)["max_difficulty"] = 99
+    metric_path(d)["schedule_config"]["difficulty_step"] = 10
+    with caplog.at_level("WARNING"):
+        load_deepspeed_config(d)
+    assert "max_difficulty 99 is not a multiple of difficulty_step 10" in caplog.text
+    assert "stops at 90" in caplog.text
+
+
+def test_random_ltd_needs_layers():
+    """An empty layer list used to turn random-LTD off silently."""
+    d = gpt_dict()
+    ltd = d["data_efficiency"]["data_routing"]["random_ltd"]
+    ltd.update(random_ltd_layer_id=[], random_ltd_layer_num=0)
+    with pytest.raises(ConfigError, match="random_ltd_layer_id is empty") as err:
+        load_deepspeed_config(d)
+    assert "data_efficiency.data_routing.random_ltd" in str(err.value)
+
+
+def test_checks_against_the_model():
+    """What needs --seq-length / --num-layers (run by parse_args, before anything is built)."""
+    from megatron.training.data_efficiency import check_against_model
+
+    cfg = load_deepspeed_config(gpt_dict())
+    assert check_against_model(cfg, 2048, 24, False) == tuple(range(1, 23))
+    with pytest.raises(ValueError, match="max_difficulty 2048 is above --seq-length 1024"):
+        check_against_model(cfg, 1024, 24, False)
+    with pytest.raises(ValueError, match="min_value 128 is not below --seq-length 128"):
+        check_against_model(load_deepspeed_config(_no_curriculum(gpt_dict())), 128, 24, False)
+    with pytest.raises(ValueError, match="does not support --sequence-parallel"):
+        check_against_model(cfg, 2048, 24, True)
+    legacy = {
+        "curriculum_learning": {
+            "enabled": True,
+            "min_difficulty": 8,
+            "max_difficulty": 1024,
+            "schedule_config": {"total_curriculum_step": 100, "difficulty_step": 8},
+        }
+    }
+    match = (
+        "legacy curriculum_learning block: max_difficulty 1024 is above --seq-length 512: lengths "
+        "are capped at 512 \\(full length from step 50 instead of step 100\\)"
+    )
+    with pytest.raises(ValueError, match=match):
+        check_against_model(load_deepspeed_config(legacy), 512, 24, False)
+
+
+def _no_curriculum(d):
+    d["data_efficiency"]["data_sampling"]["enabled"] = False
+    return d
+
+
 def metric_path(d):
     return d["data_efficiency"]["data_sampling"]["curriculum_learning"]["curriculum_metrics"]["voc"]
 
@@ -320,6 +392,11 @@ def test_parent_flags_disable_children():
         (
             lambda m: m["schedule_config"].update(custom_function="no_colon"),
             "package.module:function",
+        ),
+        (
+            lambda m: m["schedule_config"].update(difficulty_step=128),
+            r"difficulty_step 128 has no multiple in \(min_difficulty 1, max_difficulty 100\]: "
+            "the difficulty would stay at 1 for the whole run",
         ),
     ],
 )

@@ -12,6 +12,7 @@ import torch
 from megatron.core.distributed import DDPConfig, DistributedDataParallel, finalize_model_grads
 from megatron.core.models.gpt import GPTModel
 from megatron.core.optimizer import (
+    NonFiniteGradError,
     OptimizerConfig,
     clip_grad_norm,
     counts_toward_norm,
@@ -272,6 +273,39 @@ def test_fp16_overflow_skips_and_scale_follows_hysteresis_and_window():
         "growth_tracker": 0,
         "hysteresis_tracker": 2,
     }
+
+
+@pytest.mark.parametrize(
+    "dtype,cfg",
+    [
+        (torch.float32, dict(clip_grad=1.0)),
+        (torch.float32, dict(clip_grad=0.0)),  # the norm is computed for the check alone
+        (torch.bfloat16, dict(clip_grad=1.0, bf16=True)),
+    ],
+)
+def test_check_finite_refuses_a_non_finite_gradient(dtype, cfg):
+    ddp = wrap(tiny_gpt(dtype))
+    opt = get_megatron_optimizer(OptimizerConfig(lr=1e-3, **cfg), [ddp], SINGLE)
+    assert one_step(ddp, opt, 0)[0]
+    before = {n: p.detach().clone() for n, p in ddp.module.named_parameters()}
+    opt.zero_grad()
+    backward(ddp, 1, opt)
+    ddp.module.decoder.layers[1].mlp.linear_fc1.weight.main_grad[0, 0] = float("inf")
+    with pytest.raises(NonFiniteGradError, match="the gradient norm is inf") as exc:
+        opt.step(check_finite=True)
+    assert math.isinf(exc.value.grad_norm) and opt.num_steps == 1
+    assert all(torch.equal(before[n], p) for n, p in ddp.module.named_parameters())
+    assert one_step(ddp, opt, 2)[0]  # the next, finite step updates as usual
+    assert opt.num_steps == 2
+
+
+def test_check_finite_leaves_fp16_overflow_skips_alone():
+    ddp, opt = _fp16_setup(initial_loss_scale=1024.0)
+    opt.zero_grad()
+    backward(ddp, 1, opt)
+    ddp.module.decoder.layers[1].mlp.linear_fc1.weight.main_grad[0, 0] = float("nan")
+    assert opt.step(check_finite=True) == (False, None, None)
+    assert opt.skipped_steps == 1
 
 
 def test_loss_scale_only_for_fp16():

@@ -541,6 +541,26 @@ def test_config_missing_merge_file(gpt2_files, tmp_path):
         TokenizerConfig("HuggingFaceTokenizer", tokenizer_model=str(tmp_path))
 
 
+def test_config_catches_swapped_and_wrong_tokenizer_files(gpt2_files, bert_vocab, tmp_path):
+    """Swapped --vocab-file / --merge-file fail at configuration, naming both flags, instead of a
+    JSONDecodeError when the tokenizer is built."""
+    vocab, merges = gpt2_files
+    with pytest.raises(ValueError, match="looks like a merges file and --merge-file .* swap them"):
+        TokenizerConfig("GPT2BPETokenizer", vocab_file=merges, merge_file=vocab)
+    with pytest.raises(ValueError, match=f"--vocab-file '{merges}' looks like a merges file"):
+        TokenizerConfig("GPT2BPETokenizer", vocab_file=merges, merge_file=merges)
+    with pytest.raises(ValueError, match=f"--merge-file '{vocab}' looks like a vocab.json"):
+        TokenizerConfig("GPT2BPETokenizer", vocab_file=vocab, merge_file=vocab)
+    with pytest.raises(ValueError, match=f"--vocab-file '{bert_vocab}' is not JSON"):
+        TokenizerConfig("GPT2BPETokenizer", vocab_file=bert_vocab, merge_file=merges)
+    with pytest.raises(ValueError, match="looks like a GPT-2 vocab.json.*BERT vocab.txt"):
+        TokenizerConfig("BertWordPieceLowerCase", vocab_file=vocab)
+    broken = tmp_path / "vocab.json"
+    broken.write_text('{"a": 0,')  # starts like JSON, is not: the loader names the flag
+    with pytest.raises(ValueError, match=f"--vocab-file '{broken}' is not valid JSON"):
+        GPT2BPETokenizer(str(broken), merges, backend="python")
+
+
 def test_backend_selection(gpt2_files):
     from megatron.tokenizer._backend import resolve_backend
 

@@ -120,8 +120,34 @@ class DifficultySchedule:
             raise ConfigError(
                 "schedule_config.root_degree is required for schedule_type fixed_root"
             )
+        if self.schedule_type in ("fixed_linear", "fixed_root"):
+            self._check_difficulty_step()
         if self.schedule_type == "fixed_discrete":
             self._check_discrete()
+
+    def _check_difficulty_step(self) -> None:
+        """The rounding down to a multiple of difficulty_step must leave room to grow."""
+        lo, hi, step = (
+            self.min_difficulty,
+            self.max_difficulty,
+            self.schedule_config.difficulty_step,
+        )
+        top = hi - hi % step  # the largest multiple of the step <= max
+        if lo < hi and top <= lo:
+            raise ConfigError(
+                f"schedule_config.difficulty_step {step} has no multiple in (min_difficulty "
+                f"{lo}, max_difficulty {hi}]: the difficulty would stay at {lo} for the whole "
+                f"run; use a difficulty_step of at most {hi - lo} that divides {hi} (e.g. 8 for "
+                "sequence lengths)"
+            )
+        if top < hi:
+            logger.warning(
+                "max_difficulty %d is not a multiple of difficulty_step %d: the difficulty stops "
+                "at %d",
+                hi,
+                step,
+                max(top, lo),
+            )
 
     def _check_discrete(self) -> None:
         d, m = self.schedule_config.difficulty, self.schedule_config.max_step
@@ -205,6 +231,7 @@ class CurriculumLearningConfig:
                 f"got {seqlen}"
             )
         for name in seqlen:
+            check_seqlen_min(self.curriculum_metrics[name], f"curriculum metric {name}")
             step = self.curriculum_metrics[name].schedule_config.difficulty_step
             if step % 8:
                 logger.warning(
@@ -265,3 +292,13 @@ class LegacyCurriculumConfig(DifficultySchedule):
         check_choice("curriculum_type", self.curriculum_type, ("seqlen",))
         if self.enabled:  # DeepSpeed reads the schedule only when the block is enabled
             super().__post_init__()
+            check_seqlen_min(self, "the legacy curriculum_learning block")
+
+
+def check_seqlen_min(schedule: DifficultySchedule, what: str) -> None:
+    """A sequence-length schedule starts at a length of at least 1 token."""
+    if schedule.min_difficulty < 1:
+        raise ConfigError(
+            f"{what}: min_difficulty {schedule.min_difficulty} is a sequence length and must be "
+            ">= 1 (the length of the first steps; e.g. 64 or 80)"
+        )

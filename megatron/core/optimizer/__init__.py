@@ -8,11 +8,23 @@ from typing import Sequence
 import torch
 
 from ..parallel_state import ParallelState
-from .clip_grads import clip_grad_norm, clip_grads_by_norm, counts_toward_norm, get_grad_norm_fp32
+from .clip_grads import (
+    clip_grad_norm,
+    clip_grads_by_norm,
+    counts_toward_norm,
+    get_grad_norm_fp32,
+    global_grad_norm,
+)
 from .config import OptimizerConfig
 from .distrib_optimizer import DistributedOptimizer
 from .grad_scaler import ConstantGradScaler, DynamicGradScaler, MegatronGradScaler
-from .optimizer import STATE_FORMAT, MegatronOptimizer, model_named_params, uses_weight_decay
+from .optimizer import (
+    STATE_FORMAT,
+    MegatronOptimizer,
+    NonFiniteGradError,
+    model_named_params,
+    uses_weight_decay,
+)
 
 
 def get_megatron_optimizer(
@@ -29,8 +41,8 @@ def get_megatron_optimizer(
         pstate: process groups of this rank.
 
     Returns:
-        A MegatronOptimizer (or DistributedOptimizer): zero_grad(), step() -> (ok, grad_norm,
-        None), get_loss_scale(), scale_loss(loss), param_groups, state_dict(),
+        A MegatronOptimizer (or DistributedOptimizer): zero_grad(), step(check_finite) -> (ok,
+        grad_norm, None), get_loss_scale(), scale_loss(loss), param_groups, state_dict(),
         load_state_dict(sd), reload_model_params().
     """
     if config.use_distributed_optimizer:
@@ -50,6 +62,8 @@ __all__ = [
     "clip_grads_by_norm",
     "counts_toward_norm",
     "get_grad_norm_fp32",
+    "global_grad_norm",
+    "NonFiniteGradError",
     "model_named_params",
     "uses_weight_decay",
     "STATE_FORMAT",

@@ -95,7 +95,18 @@ def clip_grad_norm(
     Returns:
         The global norm before clipping.
     """
-    counted = [g for p, g in zip(params, grads) if counts_toward_norm(p, pstate)]
-    norm = get_grad_norm_fp32(counted, (pstate.mp_group, *extra_groups))
+    norm = global_grad_norm(params, grads, pstate, extra_groups)
     clip_grads_by_norm(list(grads), max_norm, norm)
     return norm
+
+
+def global_grad_norm(
+    params: Sequence[torch.nn.Parameter],
+    grads: Sequence[torch.Tensor],
+    pstate: ParallelState,
+    extra_groups: Iterable = (),
+) -> float:
+    """The L2 norm of the whole model's gradient (each gradient counted once per replica, see
+    `counts_toward_norm`), identical on every rank of pstate.mp_group and `extra_groups`."""
+    counted = [g for p, g in zip(params, grads) if counts_toward_norm(p, pstate)]
+    return get_grad_norm_fp32(counted, (pstate.mp_group, *extra_groups))

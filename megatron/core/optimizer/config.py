@@ -78,6 +78,17 @@ class OptimizerConfig:
             raise ValueError("--fp16 and --bf16 are mutually exclusive; pick one")
         if self.lr is not None and self.lr < 0:
             raise ValueError(f"--lr must be >= 0, got {self.lr}")
+        if self.min_lr < 0:
+            raise ValueError(f"--min-lr must be >= 0, got {self.min_lr}")
+        if self.lr is not None and self.min_lr > self.lr:
+            raise ValueError(
+                f"--min-lr {self.min_lr} is larger than --lr {self.lr}: the decay goes from --lr "
+                "down to --min-lr; lower --min-lr or raise --lr"
+            )
+        if self.weight_decay < 0:
+            raise ValueError(
+                f"--weight-decay must be >= 0, got {self.weight_decay} (0 turns it off)"
+            )
         if self.clip_grad < 0:
             raise ValueError(
                 f"--clip-grad must be >= 0 (0 disables clipping), got {self.clip_grad}"

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -37,11 +38,21 @@ from ..distributed.ddp import DistributedDataParallel
 from ..distributed.finalize_model_grads import grad_of
 from ..parallel_state import ParallelState
 from ..tensor_parallel.mappings import all_reduce_tensor
-from .clip_grads import clip_grad_norm
+from .clip_grads import clip_grads_by_norm, global_grad_norm
 from .config import OptimizerConfig
 from .grad_scaler import ConstantGradScaler, DynamicGradScaler, MegatronGradScaler
 
 logger = logging.getLogger(__name__)
+
+
+class NonFiniteGradError(FloatingPointError):
+    """`MegatronOptimizer.step(check_finite=True)` found a NaN or inf gradient norm and did not
+    apply the update (every rank of the model-parallel group sees the same norm and raises)."""
+
+    def __init__(self, grad_norm: float):
+        super().__init__(f"the gradient norm is {grad_norm}; the update was not applied")
+        self.grad_norm = grad_norm
+
 
 STATE_FORMAT = "megatron_de.optimizer/1"
 # Param-group hyperparameters saved in the state dict and restored on load.
@@ -200,8 +211,13 @@ class MegatronOptimizer:
         return loss * self.grad_scaler.scale.to(loss.dtype).squeeze(0)
 
     @torch.no_grad()
-    def step(self) -> Tuple[bool, Optional[float], None]:
+    def step(self, check_finite: bool = False) -> Tuple[bool, Optional[float], None]:
         """One update from the finalised gradients.
+
+        Args:
+            check_finite: raise `NonFiniteGradError` instead of applying the update when the
+                gradient norm is NaN or inf (the norm is then computed even with clipping off).
+                fp16 overflow steps are skipped before this check, as always.
 
         Returns:
             (update_successful, grad_norm, num_zeros_in_grad): False and None norm when an
@@ -217,11 +233,15 @@ class MegatronOptimizer:
                 self._clear_main_grads()
                 return False, None, None
         grad_norm = None
-        if self.config.clip_grad > 0:
+        if self.config.clip_grad > 0 or check_finite:
             params = [s.param for s in self.shards]
-            grad_norm = clip_grad_norm(
-                params, grads, self.config.clip_grad, self.pstate, self._sharded_groups()
-            )
+            norm = global_grad_norm(params, grads, self.pstate, self._sharded_groups())
+            if check_finite and not math.isfinite(norm):
+                self._clear_main_grads()
+                raise NonFiniteGradError(norm)
+            if self.config.clip_grad > 0:
+                clip_grads_by_norm(grads, self.config.clip_grad, norm)
+                grad_norm = norm
         self.optimizer.step()
         self.num_steps += 1
         self._clear_main_grads()

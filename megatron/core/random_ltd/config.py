@@ -151,6 +151,12 @@ class RandomLTDConfig:
         if missing:
             raise ConfigError(f"random-LTD is enabled but {missing} are not set")
         ids = list(self.random_ltd_layer_id)
+        if not ids:
+            raise ConfigError(
+                "random_ltd_layer_id is empty: random-LTD would drop tokens in no layer; list the "
+                "0-based layers that drop tokens (usually 1 .. total_layer_num - 2) or set "
+                "enabled to false"
+            )
         if self.random_ltd_layer_num is None:
             self.random_ltd_layer_num = len(ids)
         if self.random_ltd_layer_num != len(ids):

@@ -141,6 +141,11 @@ def run_on_kept_tokens(layer_fn, hidden, attention_mask, rotary, idx):
 def check_random_ltd_config(num_layers: int, layer_ids, sequence_parallel: bool) -> Tuple[int, ...]:
     """Validated, sorted layer ids (default: all but first and last)."""
     ids = tuple(sorted(set(layer_ids))) if layer_ids is not None else default_layer_ids(num_layers)
+    if not ids:
+        raise ValueError(
+            f"random-LTD would drop tokens in no layer (random_ltd_layer_id {list(ids)}, "
+            f"{num_layers} layers); list the layers that drop tokens or turn random-LTD off"
+        )
     bad = [i for i in ids if not 0 <= i < num_layers]
     if bad:
         raise ValueError(

@@ -99,6 +99,7 @@ class TransformerConfig:
                 self.ffn_hidden_size = int((4 * self.hidden_size * 2 / 3) / 64) * 64 or 64
             else:
                 self.ffn_hidden_size = 4 * self.hidden_size
+        self._validate_sizes()
         if self.normalization not in ("LayerNorm", "RMSNorm"):
             raise ValueError(
                 f"--normalization must be LayerNorm or RMSNorm, got {self.normalization!r}"
@@ -108,6 +109,28 @@ class TransformerConfig:
         if not 0.0 < self.rotary_percent <= 1.0:
             raise ValueError(f"rotary_percent must be in (0, 1], got {self.rotary_percent}")
         self._validate_recompute()
+
+    def _validate_sizes(self) -> None:
+        for name in ("kv_channels", "ffn_hidden_size"):
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} must be >= 1, got {value}; leave it out for the "
+                    "default (see --help)"
+                )
+        for name in ("hidden_dropout", "attention_dropout"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(
+                    f"--{name.replace('_', '-')} is a probability and must be in [0, 1], got "
+                    f"{value} (0 turns dropout off)"
+                )
+        if not self.layernorm_epsilon > 0:
+            raise ValueError(f"--layernorm-epsilon must be > 0, got {self.layernorm_epsilon}")
+        if self.init_method_std < 0:
+            raise ValueError(f"--init-method-std must be >= 0, got {self.init_method_std}")
+        if self.rotary_base < 1:
+            raise ValueError(f"--rotary-base must be >= 1, got {self.rotary_base}")
 
     def check_layout(self, layout: RankLayout) -> None:
         """Raise ValueError (naming the flags) unless the stack can be split over `layout`:
