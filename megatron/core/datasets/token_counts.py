@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from megatron.core.datasets.utils import atomic_save_npy
+from megatron.core.files import temporary_path  # noqa: F401 (the name writers of counts use)
 
 TOKEN_COUNTS_SUFFIX = ".token_counts.npy"
 
@@ -24,11 +25,6 @@ TOKEN_COUNTS_SUFFIX = ".token_counts.npy"
 def token_counts_path(path_prefix: str) -> str:
     """Path of the token-count file of a dataset prefix (`<prefix>.token_counts.npy`)."""
     return path_prefix + TOKEN_COUNTS_SUFFIX
-
-
-def temporary_path(path: str) -> str:
-    """The name a file is written under before it is renamed to `path`."""
-    return f"{path}.tmp-{os.getpid()}"
 
 
 def save_token_counts(path: str, counts: np.ndarray) -> None:
