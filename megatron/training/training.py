@@ -481,18 +481,9 @@ def _warn_missing_state(sd: Dict[str, Any], path: str, ck, iteration: int) -> No
         )
 
 
-def _load(ctx: TrainingContext, st: TrainState):
-    """Restore the state of --load into the model, optimizer, scheduler, RNG and counters;
-    returns the checkpoint's data-efficiency state (None without one)."""
+def _restore_training_state(ctx: TrainingContext, st: TrainState, sd: Dict[str, Any], path):
+    """Counters, optimizer, learning-rate schedule and RNG states of a resumed run."""
     run, rt, ck = ctx.run, ctx.rt, ctx.run.checkpoint
-    path, sd = _read_checkpoint(ck, rt.pstate)
-    if path is None:
-        logger.info("no checkpoint in --load %s yet: starting from scratch", ck.load)
-        return None
-    ckpt.restore_model(sd, [unwrap_model(m) for m in ctx.model])
-    if ck.finetune:
-        logger.info("loaded model weights from %s (finetune: iteration 0)", path)
-        return None
     ts = sd.get("train_state") or {}
     for f in dataclasses.fields(TrainState):
         if f.name in ts:
@@ -509,6 +500,26 @@ def _load(ctx: TrainingContext, st: TrainState):
         )
     if not ck.no_load_rng:
         ckpt.restore_rng(sd, rt.pstate, rt.rng_tracker)
+
+
+def _load(ctx: TrainingContext, st: TrainState):
+    """Restore the state of --load into the model, optimizer, scheduler, RNG and counters;
+    returns the checkpoint's data-efficiency state (None without one). An error while restoring
+    names the file."""
+    ck = ctx.run.checkpoint
+    path, sd = _read_checkpoint(ck, ctx.rt.pstate)
+    if path is None:
+        logger.info("no checkpoint in --load %s yet: starting from scratch", ck.load)
+        return None
+    try:
+        ckpt.restore_model(sd, [unwrap_model(m) for m in ctx.model])
+        if ck.finetune:
+            logger.info("loaded model weights from %s (finetune: iteration 0)", path)
+            return None
+        _restore_training_state(ctx, st, sd, path)
+    except (ValueError, KeyError) as exc:
+        detail = f"no entry {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"{path}: {detail}") from exc
     logger.info("loaded checkpoint %s at iteration %d", path, st.iteration)
     return sd.get("data_efficiency")
 

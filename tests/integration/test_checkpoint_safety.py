@@ -186,6 +186,12 @@ def test_another_architecture_is_an_error_listing_the_differences(ckpt_dir, caps
         run(RESUME + ["--load", str(ckpt_dir), "--override-checkpoint-args", "num-heads"])
 
 
+def test_an_overridden_option_that_changes_shapes_names_the_file(ckpt_dir):
+    argv = RESUME + ["--load", str(ckpt_dir), "--hidden-size", "48"]
+    with pytest.raises(ValueError, match=f"{shard_of(ckpt_dir)}: checkpoint tensor .* has shape"):
+        run(argv + ["--override-checkpoint-args", "hidden-size"])
+
+
 def test_another_parallel_layout_points_at_the_converter(ckpt_dir):
     path = shard_of(ckpt_dir)
     sd = torch.load(path, weights_only=True)
