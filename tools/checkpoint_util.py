@@ -24,6 +24,7 @@ import sys
 from typing import List, Optional
 
 from megatron.training.checkpoint_convert import MODEL_TYPES, convert_checkpoint
+from megatron.training.checkpointing import CheckpointError
 
 logger = logging.getLogger("checkpoint_util")
 
@@ -79,6 +80,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="Leave the optimizer state out (smaller files; the run restarts its moments).",
     )
     parser.add_argument(
+        "--no-verify-checkpoint",
+        action="store_true",
+        help="Do not check the source files against their sha256 checksums first.",
+    )
+    parser.add_argument(
         "--loader",
         choices=("megatron",),
         default="megatron",
@@ -108,8 +114,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             model_type=args.model_type,
             true_vocab_size=args.true_vocab_size,
             keep_optimizer=not args.no_optimizer,
+            verify=not args.no_verify_checkpoint,
         )
-    except (ValueError, FileNotFoundError, FileExistsError) as err:
+    except (ValueError, OSError, CheckpointError) as err:
         print(f"checkpoint_util.py: error: {err}", file=sys.stderr)
         return 2
     logger.info("wrote %s", folder)

@@ -39,6 +39,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
+from megatron.core.files import atomic_write_text, temporary_path
 from megatron.core.models.common import WORD_EMBEDDINGS, global_named_parameters, pad_vocab_size
 from megatron.core.parallel_state import ParallelState, RankLayout
 from megatron.core.tensor_parallel.init import shard_of
@@ -272,14 +273,14 @@ def _iteration(root: str, iteration: Optional[int]) -> Tuple[int, bool]:
 
 
 def _read_files(
-    root: str, iteration: int, release: bool
+    root: str, iteration: int, release: bool, verify: bool = True
 ) -> Tuple[Dict[Tuple[int, int], Dict], Layout]:
     folder = ckpt.checkpoint_dir(root, iteration, release)
     first = None
     for shard in ("mp_rank_00", "mp_rank_00_000"):
         path = os.path.join(folder, shard, "model_optim_rng.pt")
         if os.path.isfile(path):
-            first = ckpt.load_checkpoint_file(path)
+            first = ckpt.load_checkpoint_file(path, verify)
             break
     if first is None:
         raise FileNotFoundError(
@@ -301,7 +302,7 @@ def _read_files(
     files = {(0, 0): first}
     for rel, key in expected.items():
         if key != (0, 0):
-            files[key] = ckpt.load_checkpoint_file(os.path.join(folder, rel))
+            files[key] = ckpt.load_checkpoint_file(os.path.join(folder, rel), verify)
     return files, layout
 
 
@@ -403,7 +404,10 @@ def _merge_optimizer(files, specs, layout: Layout) -> Optional[Dict[str, Any]]:
 
 
 def load_merged(
-    load_dir: str, iteration: Optional[int] = None, model_type: Optional[str] = None
+    load_dir: str,
+    iteration: Optional[int] = None,
+    model_type: Optional[str] = None,
+    verify: bool = True,
 ) -> MergedCheckpoint:
     """Read every file of a checkpoint and merge it into full, layout-free tensors.
 
@@ -411,9 +415,10 @@ def load_merged(
         load_dir: the checkpoint folder (what --save pointed at).
         iteration: which iteration (default: the tracker file's).
         model_type: "GPT" or "BERT" (default: guessed from the parameter names).
+        verify: check each file against its checksum first (see `checkpointing`).
     """
     it, release = _iteration(load_dir, iteration)
-    files, layout = _read_files(load_dir, it, release)
+    files, layout = _read_files(load_dir, it, release, verify)
     first = files[(0, 0)]
     args = first["args"]
     first_model = first[_model_key(layout, 0)]
@@ -616,29 +621,28 @@ def save_files(
     release: bool,
     pp: int,
 ) -> str:
-    """Write a converted iteration atomically: a temporary folder renamed into place, then the
-    tracker file. Refuses to overwrite an existing iteration folder."""
+    """Write a converted iteration atomically: a temporary folder (each file with its checksum)
+    renamed into place, then the tracker file. Refuses to overwrite an existing iteration
+    folder; removes what killed conversions left in `save_dir` first."""
     final = ckpt.checkpoint_dir(save_dir, iteration, release)
     if os.path.exists(final):
         raise FileExistsError(f"{final} exists; choose another --save-dir or remove it first")
     os.makedirs(save_dir, exist_ok=True)
-    tmp = f"{final}.tmp-{os.getpid()}"
+    ckpt.remove_stale_checkpoint_temporaries(save_dir)
+    tmp = temporary_path(final)
     try:
         for (tp_rank, pp_rank), sd in files.items():
             rel = os.path.relpath(
                 ckpt.checkpoint_file(save_dir, iteration, tp_rank, pp_rank, pp, release), final
             )
-            path = os.path.join(tmp, rel)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            torch.save(sd, path)
+            ckpt.save_shard(sd, os.path.join(tmp, rel))
         os.rename(tmp, final)
     finally:
         if os.path.exists(tmp):
             shutil.rmtree(tmp)
-    tracker = os.path.join(save_dir, ckpt.TRACKER_FILENAME)
-    with open(tracker + ".tmp", "w") as f:
-        f.write("release" if release else str(iteration))
-    os.replace(tracker + ".tmp", tracker)
+    atomic_write_text(
+        os.path.join(save_dir, ckpt.TRACKER_FILENAME), "release" if release else str(iteration)
+    )
     return final
 
 
@@ -653,13 +657,15 @@ def convert_checkpoint(
     model_type: Optional[str] = None,
     true_vocab_size: Optional[int] = None,
     keep_optimizer: bool = True,
+    verify: bool = True,
 ) -> str:
     """Convert a checkpoint to another TP / PP (/ VPP) layout; returns the new iteration folder.
 
     The data-parallel size is free at load time (the optimizer state is DP-independent), so it
-    is not part of the layout; the stored world size keeps the source's DP size.
+    is not part of the layout; the stored world size keeps the source's DP size. Every source
+    file is checked against its checksum unless `verify` is False.
     """
-    merged = load_merged(load_dir, iteration, model_type)
+    merged = load_merged(load_dir, iteration, model_type, verify)
     target = target_layout(
         merged.args,
         target_tensor_parallel_size,

@@ -222,7 +222,9 @@ class CheckpointConfig:
     """Iterations between checkpoints."""
 
     load: Optional[str] = None
-    """Folder to load a checkpoint from (its latest_checkpointed_iteration.txt)."""
+    """Folder to load a checkpoint from (its latest_checkpointed_iteration.txt). A folder that does
+    not exist, or holds no checkpoint, is an error, except when it is also --save: then the first
+    run starts from scratch and later runs resume."""
 
     no_load_optim: bool = False
     """Do not load the optimizer state."""
@@ -245,9 +247,22 @@ class CheckpointConfig:
     ckpt_step: Optional[int] = None
     """Load this iteration instead of the latest."""
 
+    no_verify_checkpoint: bool = False
+    """Do not check the loaded files against the sha256 checksums saved with them (saves reading
+    each file twice for huge checkpoints; a damaged file then loads unnoticed)."""
+
+    override_checkpoint_args: Optional[List[str]] = None
+    """Architecture options that may differ from the checkpoint's when loading it, by flag name
+    without the dashes (e.g. rotary-base layernorm-epsilon); any other difference in the stored
+    architecture stops the run with a list of the differences. Options outside the architecture
+    (dropout, batch sizes, learning rate, data-parallel size) may always change."""
+
     def __post_init__(self) -> None:
         if self.save_interval is not None and self.save_interval < 1:
             raise ValueError(f"--save-interval must be >= 1, got {self.save_interval}")
+        self.override_checkpoint_args = [
+            name.lstrip("-").replace("_", "-") for name in self.override_checkpoint_args or ()
+        ]
 
 
 @dataclasses.dataclass

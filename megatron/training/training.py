@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import signal
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -29,11 +30,12 @@ from megatron.core.pipeline_parallel.schedule_args import ScheduleArgs
 from megatron.core.utils import unwrap_model
 
 from . import checkpointing as ckpt
+from . import resume
 from .arguments import RunConfig, parse_args
 from .budget import build_scheduler, schedule_spans, train_num_samples
 from .data_efficiency import build_data_efficiency
 from .data_samplers import CyclicSampler, PretrainingSampler
-from .initialize import Runtime, initialize
+from .initialize import Runtime, initialize, setup_logging
 from .liveness import JobGone, PeerLiveness, report_lost_ranks
 from .lr_scheduler import OptimizerParamScheduler
 from .metrics import IterationLogger, MetricSink, build_sinks, flops_per_token
@@ -507,24 +509,51 @@ def train(
 
 
 # ---- checkpoints in, arguments from checkpoints --------------------------------------------
-def _load(ctx: TrainingContext, st: TrainState):
-    """Restore the state of --load into the model, optimizer, scheduler, RNG and counters;
-    returns the checkpoint's data-efficiency state (None without one)."""
+def _read_checkpoint(ck, pstate):
+    """(path, contents) of this rank's file of --load ((None, None) without a checkpoint yet),
+    checked against its checksum and its folder; every rank fails when any rank's file is bad."""
+    path, sd, error = None, None, None
+    try:
+        path = ckpt.find_checkpoint(ck.load, pstate, ck.ckpt_step)
+        if path is not None:
+            sd = ckpt.load_checkpoint_file(path, verify=not ck.no_verify_checkpoint)
+            ckpt.check_shard_iteration(path, sd)
+    except (OSError, ckpt.CheckpointError) as exc:
+        error = str(exc)
+    errors = ckpt.agree_on_errors(error)
+    if errors:
+        raise ckpt.CheckpointError(f"cannot load --load {ck.load}: " + "; ".join(errors))
+    return path, sd
+
+
+def _warn_missing_state(sd: Dict[str, Any], path: str, ck, iteration: int) -> None:
+    """Loud warnings for state a resumed run would otherwise silently start afresh."""
+    if ck.no_load_optim:
+        return
+    if sd.get("optimizer") is None:
+        logger.warning(
+            "WARNING: %s has no optimizer state (saved with --no-save-optim): the optimizer "
+            "starts afresh at iteration %d (zero Adam moments, fp32 master weights from the "
+            "loaded model); pass --no-load-optim to make that explicit",
+            path,
+            iteration,
+        )
+    if sd.get("opt_param_scheduler") is None:
+        logger.warning(
+            "WARNING: %s has no learning-rate schedule state: the schedule restarts at step 0",
+            path,
+        )
+
+
+def _restore_training_state(ctx: TrainingContext, st: TrainState, sd: Dict[str, Any], path):
+    """Counters, optimizer, learning-rate schedule and RNG states of a resumed run."""
     run, rt, ck = ctx.run, ctx.rt, ctx.run.checkpoint
-    path = ckpt.find_checkpoint(ck.load, rt.pstate, ck.ckpt_step)
-    if path is None:
-        logger.info("no checkpoint found in --load %s: starting from scratch", ck.load)
-        return None
-    sd = ckpt.load_checkpoint_file(path)
-    ckpt.restore_model(sd, [unwrap_model(m) for m in ctx.model])
-    if ck.finetune:
-        logger.info("loaded model weights from %s (finetune: iteration 0)", path)
-        return None
     ts = sd.get("train_state") or {}
     for f in dataclasses.fields(TrainState):
         if f.name in ts:
             setattr(st, f.name, ts[f.name])
     st.iteration = sd["iteration"]
+    _warn_missing_state(sd, path, ck, st.iteration)
     if not ck.no_load_optim and sd.get("optimizer") is not None:
         ctx.optimizer.load_state_dict(sd["optimizer"])
     if sd.get("opt_param_scheduler") is not None and not ck.no_load_optim:
@@ -535,18 +564,39 @@ def _load(ctx: TrainingContext, st: TrainState):
         )
     if not ck.no_load_rng:
         ckpt.restore_rng(sd, rt.pstate, rt.rng_tracker)
+
+
+def _load(ctx: TrainingContext, st: TrainState):
+    """Restore the state of --load into the model, optimizer, scheduler, RNG and counters;
+    returns the checkpoint's data-efficiency state (None without one). An error while restoring
+    names the file."""
+    ck = ctx.run.checkpoint
+    path, sd = _read_checkpoint(ck, ctx.rt.pstate)
+    if path is None:
+        logger.info("no checkpoint in --load %s yet: starting from scratch", ck.load)
+        return None
+    try:
+        ckpt.restore_model(sd, [unwrap_model(m) for m in ctx.model])
+        if ck.finetune:
+            logger.info("loaded model weights from %s (finetune: iteration 0)", path)
+            return None
+        _restore_training_state(ctx, st, sd, path)
+    except (ValueError, KeyError) as exc:
+        detail = f"no entry {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"{path}: {detail}") from exc
     logger.info("loaded checkpoint %s at iteration %d", path, st.iteration)
     return sd.get("data_efficiency")
 
 
-def _use_checkpoint_args(run: RunConfig) -> None:
+def _use_checkpoint_args(run: RunConfig, stored: Optional[Dict[str, Any]]) -> None:
     """--use-checkpoint-args: take the architecture (and the tokenizer, when none is given) from
     the checkpoint in --load, so a run can resume or fine-tune without repeating model flags."""
     from megatron.tokenizer.config import TokenizerConfig
 
     if not run.checkpoint.load:
-        raise SystemExit("error: --use-checkpoint-args needs --load")
-    stored = ckpt.stored_args(run.checkpoint.load, run.checkpoint.ckpt_step)
+        raise ValueError("--use-checkpoint-args needs --load")
+    if stored is None:
+        raise ValueError(f"--use-checkpoint-args: no checkpoint in --load {run.checkpoint.load}")
     changes = {
         f: stored["transformer"][f]
         for f in ckpt.CHECKPOINT_ARCH_FIELDS["transformer"]
@@ -561,13 +611,25 @@ def _use_checkpoint_args(run: RunConfig) -> None:
     logger.info("--use-checkpoint-args: architecture from %s: %s", run.checkpoint.load, changes)
 
 
+def _check_load(run: RunConfig) -> None:
+    """--load against the run, before any heavy work: the folder, --use-checkpoint-args, the
+    stored architecture and layout (see `resume`)."""
+    try:
+        stored = resume.stored_run_args(run)
+        if run.checkpoint.use_checkpoint_args:
+            _use_checkpoint_args(run, stored)
+        if stored is not None:
+            resume.check_against_checkpoint(run, stored)
+    except (ValueError, OSError, ckpt.CheckpointError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 # ---- pretrain ------------------------------------------------------------------------------
 def _parse(argv, extra_args_provider, args_defaults) -> Tuple[RunConfig, MicroBatchCalculator, int]:
     """The run's options, its batch-size calculator and its training samples; a bad lr schedule
-    fails here, before any heavy work."""
+    or a --load that does not fit the run fails here, before any heavy work."""
     run = parse_args(argv, extra_args_provider, args_defaults)
-    if run.checkpoint.use_checkpoint_args:
-        _use_checkpoint_args(run)
+    _check_load(run)
     tr = run.training
     calc = MicroBatchCalculator(
         tr.global_batch_size, tr.micro_batch_size, run.data_parallel_size, tr.rampup_batch_size
@@ -628,6 +690,7 @@ def pretrain(
 
     Returns the final counters; pass a list as `history` to collect one dict per iteration.
     """
+    setup_logging(dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0")))
     run, calc, n_train = _parse(argv, extra_args_provider, args_defaults)
     rt = initialize(run)
     script = _Script(datasets_provider, model_provider, forward_step, model_type)
@@ -653,6 +716,8 @@ class _Script:
 
 def _build_and_train(run, rt, calc, n_train, script: _Script, liveness, history) -> TrainState:
     """Build the model, optimizer and data, load --load, train, evaluate, save."""
+    if run.checkpoint.save and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        ckpt.remove_stale_checkpoint_temporaries(run.checkpoint.save)  # left by killed saves
     rt.data_efficiency = build_data_efficiency(run, script.model_type, rt.pstate)
     model = build_model(script.model_provider, run, rt)
     optimizer = get_megatron_optimizer(run.optimizer, model, rt.pstate)

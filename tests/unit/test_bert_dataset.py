@@ -404,7 +404,7 @@ def test_cache_written_reused_and_keyed(tmp_path, monkeypatch):
     mapping_path, description_path = ds.cache_paths()
     assert os.path.dirname(mapping_path) == str(tmp_path / "cache" / "BertDataset_indices")
     assert os.path.isfile(mapping_path)
-    description = json.load(open(description_path))
+    description = json.load(open(description_path))["description"]
     assert description["index_split"] == "train" and description["sequence_length"] == 64
     assert not [f for f in os.listdir(os.path.dirname(mapping_path)) if ".tmp-" in f]
 
@@ -427,8 +427,20 @@ def test_cache_written_reused_and_keyed(tmp_path, monkeypatch):
     ):
         names.add(os.path.basename(_dataset(prefix, **kwargs).cache_paths()[0]))
     assert len(names) == 8
-    # Same settings but a rewritten .idx (new mtime) -> new key.
+    # The key follows the data's content, not its modification time: touching keeps it ...
     os.utime(prefix + ".idx", ns=(0, 12345))
+    assert _dataset(prefix).cache_paths()[0] == mapping_path
+    # ... and re-preprocessing changes it, also when sizes and modification times are kept.
+    stats = [os.stat(prefix + ext) for ext in (".bin", ".idx")]
+    with IndexedDatasetBuilder(prefix + ".bin", dtype=np.int32) as builder:
+        for lengths in _doc_lengths(8):
+            for n in lengths:
+                builder.add_item(np.full(n, FIRST_TOKEN))
+            builder.end_document()
+        builder.finalize(prefix + ".idx")
+    for ext, st in zip((".bin", ".idx"), stats):
+        assert os.path.getsize(prefix + ext) == st.st_size
+        os.utime(prefix + ext, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert _dataset(prefix).cache_paths()[0] != mapping_path
 
 
@@ -444,13 +456,15 @@ def test_corrupt_cache_is_rebuilt(tmp_path, caplog):
             f.write(garbage)
         with caplog.at_level(logging.WARNING):
             rebuilt = _dataset(prefix, path_to_cache=str(cache))
-        assert "corrupt" in caplog.text
+        assert "damaged index cache entry" in caplog.text and "sha256" in caplog.text
         caplog.clear()
         np.testing.assert_array_equal(rebuilt.mapping, expected)
-    np.save(mapping_path, np.full((3, 3), 10**9, dtype=np.int64))  # valid npy, wrong values
+    edited = np.array(expected)
+    edited[0, 2] += 1  # a valid npy of the same shape with in-range values: only the digest knows
+    np.save(mapping_path, edited)
     with caplog.at_level(logging.WARNING):
         np.testing.assert_array_equal(_dataset(prefix, path_to_cache=str(cache)).mapping, expected)
-    assert "corrupt" in caplog.text
+    assert "was recorded when it was written" in caplog.text
 
 
 def test_build_on_one_rank_others_wait(tmp_path):

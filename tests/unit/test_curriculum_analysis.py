@@ -21,6 +21,7 @@ from megatron.core.datasets.bert_sample_source import BertSampleSource
 from megatron.core.datasets.blended_dataset import BlendedDataset
 from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 from megatron.core.datasets.indexed_dataset import IndexedDataset, IndexedDatasetBuilder
+from megatron.core.files import host_name
 from tests.kernel_parity import assert_parity, needs_kernel
 
 VOCAB = 300
@@ -429,3 +430,15 @@ def test_generic_sequence_source_and_empty_shards(tmp_path):
     assert O.load_metric_index(str(tmp_path), "seqlen").sample_to_metric.tolist() == [3, 2]
     freq = O.load_metric_value(str(tmp_path), "total_vocab_freq")
     assert freq.tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 2, 0]
+
+
+def test_a_killed_workers_temporaries_are_removed_when_it_runs_again(gpt_corpus, tmp_path):
+    source = make_sample_source(gpt(gpt_corpus, num_samples=100))
+    metrics = A.build_metrics(source, CurriculumMetricsConfig(["seqlen"], VOCAB))
+    npy, marker = A.shard_paths(str(tmp_path), "seqlen", 0, 1)
+    os.makedirs(os.path.dirname(npy))
+    stale = [f"{p}.tmp-999999999-0123abcd-{host_name()}" for p in (npy, marker)]
+    for path in stale:
+        open(path, "wb").write(b"\0" * 1000)
+    A.run_map(source, metrics, str(tmp_path), 0, 1)
+    assert not any(os.path.exists(p) for p in stale) and os.path.exists(npy)

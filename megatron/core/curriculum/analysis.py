@@ -66,6 +66,7 @@ from megatron.core.curriculum.metrics import (
 from megatron.core.curriculum.scoring import evaluate, make_sample_source
 from megatron.core.datasets.sample_source import SampleSource
 from megatron.core.datasets.utils import IndexCache
+from megatron.core.files import remove_stale_temporaries_beside
 
 logger = logging.getLogger(__name__)
 
@@ -370,6 +371,8 @@ def run_map(
     for m in todo:
         npy, marker = shard_paths(save_path, m.name, worker_id, num_workers)
         os.makedirs(os.path.dirname(npy), exist_ok=True)
+        remove_stale_temporaries_beside(npy)  # a killed earlier run of this worker
+        remove_stale_temporaries_beside(marker)
         if os.path.exists(marker):
             os.remove(marker)  # the old marker must not vouch for the new values
         atomic_save_npy(npy, values[m.name])

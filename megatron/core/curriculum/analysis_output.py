@@ -32,7 +32,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import uuid
 from typing import Dict, Optional
 
 import numpy as np
@@ -45,6 +44,7 @@ from megatron.core.datasets.indexed_dataset import (
     write_index,
 )
 from megatron.core.datasets.utils import atomic_save_npy, atomic_write_json  # noqa: F401 (re-exported)
+from megatron.core.files import remove_stale_temporaries_beside, temporary_path
 
 SAMPLE_TO_METRIC = "sample_to_metric"
 INDEX_TO_SAMPLE = "index_to_sample"
@@ -89,8 +89,8 @@ def write_rows(prefix: str, flat: np.ndarray, row_sizes: np.ndarray, dtype, doc_
     if int(np.sum(row_sizes, dtype=np.int64)) != flat.size:
         raise AssertionError(f"{prefix}: row sizes sum to {np.sum(row_sizes)}, not {flat.size}")
     bin_path, idx_path = data_file_path(prefix), index_file_path(prefix)
-    tag = f"tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp_bin, tmp_idx = f"{bin_path}.{tag}", f"{idx_path}.{tag}"
+    remove_stale_temporaries_beside(prefix)
+    tmp_bin, tmp_idx = temporary_path(bin_path), temporary_path(idx_path)
     try:
         with open(tmp_bin, "wb") as f:
             np.ascontiguousarray(flat).astype(dtype, copy=False).tofile(f)

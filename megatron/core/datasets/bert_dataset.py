@@ -7,7 +7,8 @@ Data layout: the corpus is preprocessed with `--split-sentences`, so each sequen
 The sample mapping ([N, 3] rows of first sentence, end sentence, target length; see
 `bert_helpers_ref`) is built once by `helpers.build_mapping` (the C++ helper, or its pure-Python
 reference when the extension is not built) and cached as a `.npy` file named by the md5 of
-everything that affects it.
+everything that affects it (`utils.IndexCache`: the data enters by its content fingerprint, and a
+cached mapping whose bytes or values do not fit is rebuilt).
 
 `dataset[i]` is a pure function of (config, mapping, i): its random state is seeded from
 `config.random_seed + i`, so any number of workers or any access order yields the same samples.
@@ -28,13 +29,13 @@ from megatron.core.datasets import bert_helpers_ref, helpers
 from megatron.core.datasets.bert_helpers_ref import truncate_seq_pair
 from megatron.core.datasets.bert_sample_source import BertSampleSource
 from megatron.core.datasets.config import DatasetConfig
-from megatron.core.datasets.indexed_dataset import IndexedDataset, index_file_path
+from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.masking import create_masked_lm_predictions
-from megatron.core.datasets.utils import atomic_save_npy, atomic_write_text
+from megatron.core.datasets.utils import IndexCache, dataset_fingerprint
 
 logger = logging.getLogger(__name__)
 
-MAPPING_FORMAT_VERSION = 1
+MAPPING_FORMAT_VERSION = 2
 """Bump when the mapping algorithm changes so that old cache files are not reused."""
 
 _SPLITS = ("train", "valid", "test")
@@ -259,6 +260,10 @@ class BertDataset:
         self.unique_description_hash = hashlib.md5(
             json.dumps(self.unique_description, sort_keys=True).encode()
         ).hexdigest()
+        folder = self.config.path_to_cache or os.path.join(
+            os.path.dirname(os.path.abspath(self.dataset_path)), "cache", "BertDataset_indices"
+        )
+        self._cache = IndexCache(folder, type(self).__name__, index_split, self.unique_description)
         self.mapping = self._load_or_build_mapping(is_built_on_rank, synchronize)
 
     def __len__(self) -> int:
@@ -283,8 +288,6 @@ class BertDataset:
         """Everything that determines the mapping (its md5, `unique_description_hash`, names the
         cache file and identifies this dataset in a blend)."""
         c = self.config
-        idx_path = index_file_path(self.dataset_path)
-        stat = os.stat(idx_path) if os.path.exists(idx_path) else None
         num_epochs, max_num_samples = self._epochs_and_max_samples()
         return {
             "class": type(self).__name__,
@@ -300,20 +303,12 @@ class BertDataset:
             "random_seed": c.random_seed,
             "classification_head": c.classification_head,
             "long_sentence_length": bert_helpers_ref.LONG_SENTENCE_LEN,
-            "idx_size": stat.st_size if stat else None,
-            "idx_mtime_ns": stat.st_mtime_ns if stat else None,
+            "data": dataset_fingerprint(self.dataset_path),
         }
 
     def cache_paths(self) -> Tuple[str, str]:
         """(mapping .npy path, description .json path) of this dataset's cache entry."""
-        folder = self.config.path_to_cache or os.path.join(
-            os.path.dirname(os.path.abspath(self.dataset_path)), "cache", "BertDataset_indices"
-        )
-        stem = f"{self.unique_description_hash}-{type(self).__name__}-{self.index_split}"
-        return (
-            os.path.join(folder, stem + "-mapping.npy"),
-            os.path.join(folder, stem + "-description.json"),
-        )
+        return self._cache.path("mapping"), self._cache.path("description")
 
     def _build_mapping(self) -> np.ndarray:
         num_epochs, max_num_samples = self._epochs_and_max_samples()
@@ -365,48 +360,37 @@ class BertDataset:
             and targets.max() <= self.max_seq_length
         )
 
-    def _load_cached(self, path: str) -> Optional[np.ndarray]:
-        if not os.path.isfile(path):
-            return None
-        try:
-            mapping = np.load(path, mmap_mode="r", allow_pickle=False)
-            if self._mapping_is_valid(mapping):
-                return mapping
-            problem = f"shape {mapping.shape} / dtype {mapping.dtype} / values out of range"
-        except (OSError, ValueError, EOFError) as exc:
-            problem = str(exc)
-        logger.warning("%s: corrupt BERT sample mapping (%s); rebuilding it", path, problem)
-        return None
+    def _check_cached_mapping(self, arrays: Dict[str, np.ndarray]) -> None:
+        mapping = arrays["mapping"]
+        if not self._mapping_is_valid(mapping):
+            raise ValueError(
+                f"corrupt BERT sample mapping: {mapping.dtype}{list(mapping.shape)} with sentence "
+                "ids outside the split or target lengths outside [2, "
+                f"{self.max_seq_length}]"
+            )
 
     def _load_or_build_mapping(self, is_built_on_rank, synchronize) -> np.ndarray:
-        path, description_path = self.cache_paths()
+        cache = self._cache
         builds_here = True if is_built_on_rank is None else bool(is_built_on_rank())
         mapping = None
         if builds_here:
-            mapping = self._load_cached(path)
-            if mapping is None:
+            cache.remove_stale_temporaries()
+            loaded = cache.load(["mapping"], self._check_cached_mapping)
+            if loaded is None:
                 mapping = self._build_mapping()
-                try:
-                    os.makedirs(os.path.dirname(path), exist_ok=True)
-                    text = json.dumps(self.unique_description, indent=2, sort_keys=True)
-                    atomic_write_text(description_path, text)
-                    atomic_save_npy(path, mapping)
-                except OSError as exc:
-                    logger.warning(
-                        "could not cache the BERT sample mapping at %s (%s); set "
-                        "--data-cache-path to a writable folder",
-                        path,
-                        exc,
-                    )
+                cache.save({"mapping": mapping})
+            else:
+                mapping = loaded["mapping"]
         if synchronize is not None:
             synchronize()
         if mapping is None:
-            mapping = self._load_cached(path)
-            if mapping is None:
+            loaded = cache.load(["mapping"], self._check_cached_mapping)
+            if loaded is None:
                 raise RuntimeError(
-                    f"{path}: BERT sample mapping missing after the building process finished; "
-                    "--data-cache-path must be a folder every process can read"
+                    f"{cache.path('mapping')}: BERT sample mapping missing after the building "
+                    "process finished; --data-cache-path must be a folder every process can read"
                 )
+            mapping = loaded["mapping"]
         return mapping
 
     # ------------------------------------------------------------------------------------ sample

@@ -102,10 +102,30 @@ class BlendedDataset:
         cache = IndexCache(folder, type(self).__name__, split, self.unique_description)
         what = f"{type(self).__name__} {split} of {len(self.datasets)} datasets"
         arrays = load_or_build(
-            cache, self.INDEX_NAMES, self._build_indices, what, is_built_on_rank, synchronize
+            cache,
+            self.INDEX_NAMES,
+            self._build_indices,
+            what,
+            is_built_on_rank,
+            synchronize,
+            validate=self._check_cached_indices,
         )
         self.dataset_index = arrays["dataset_index"]
         self.dataset_sample_index = arrays["dataset_sample_index"]
+
+    def _check_cached_indices(self, arrays: Dict[str, np.ndarray]) -> None:
+        """Raise ValueError when cached arrays do not fit the members (a member id past the
+        last member, a sample id past a member's length)."""
+        which, sample = arrays["dataset_index"], arrays["dataset_sample_index"]
+        if which.shape != (self.size,) or sample.shape != (self.size,):
+            raise ValueError(f"shapes {which.shape}, {sample.shape}, expected ({self.size},)")
+        if not self.size:
+            return
+        if int(which.min()) < 0 or int(which.max()) >= len(self.datasets):
+            raise ValueError(f"dataset_index holds member ids outside [0, {len(self.datasets)})")
+        lengths = np.array([len(d) for d in self.datasets], dtype=np.int64)
+        if int(sample.min()) < 0 or bool(np.any(sample >= lengths[which])):
+            raise ValueError("dataset_sample_index holds sample ids past their member's length")
 
     def _build_indices(self) -> Dict[str, np.ndarray]:
         dataset_index, dataset_sample_index = helpers.build_blending_indices(

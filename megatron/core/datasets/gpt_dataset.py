@@ -27,13 +27,13 @@ import numpy as np
 
 from megatron.core.datasets import helpers
 from megatron.core.datasets.config import DatasetConfig
-from megatron.core.datasets.indexed_dataset import IndexedDataset, index_file_path
+from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.datasets.sample_source import GPTSampleSource
 from megatron.core.datasets.utils import (
     IndexCache,
     Split,
+    dataset_fingerprint,
     default_cache_dir,
-    file_signature,
     load_or_build,
     md5_of_array,
     md5_of_json,
@@ -214,7 +214,13 @@ class GPTDataset:
         cache = IndexCache(folder, type(self).__name__, self.index_split, self.unique_description)
         what = f"{type(self).__name__} {self.index_split} ({self.dataset_path})"
         arrays = load_or_build(
-            cache, self.INDEX_NAMES, self._build_indices, what, is_built_on_rank, synchronize
+            cache,
+            self.INDEX_NAMES,
+            self._build_indices,
+            what,
+            is_built_on_rank,
+            synchronize,
+            validate=self._check_cached_indices,
         )
         self.document_index = arrays["document_index"]
         self.sample_index = arrays["sample_index"]
@@ -264,7 +270,7 @@ class GPTDataset:
         return {
             "class": type(self).__name__,
             "dataset_path": os.path.abspath(prefix) if prefix else None,
-            "index_file": file_signature(index_file_path(prefix)) if prefix else None,
+            "data": dataset_fingerprint(prefix) if prefix else None,
             "split": self.index_split,
             "num_documents": int(self.indices.size),
             "documents_md5": md5_of_array(self.indices),
@@ -274,6 +280,37 @@ class GPTDataset:
             "train_data_exact_num_epochs": self._exact_num_epochs(),
             "add_extra_token": self.ADD_EXTRA_TOKEN,
         }
+
+    def _check_cached_indices(self, arrays: Dict[str, np.ndarray]) -> None:
+        """Raise ValueError when cached arrays cannot belong to this split: a document id outside
+        the split's range, a sample start that goes backwards or past a document's end, a
+        shuffled sample id past the last sample."""
+        doc, sample, shuffle = (arrays[name] for name in self.INDEX_NAMES)
+        if doc.ndim != 1 or sample.ndim != 2 or sample.shape[1] != 2 or shuffle.ndim != 1:
+            raise ValueError(
+                f"shapes {doc.shape}, {sample.shape}, {shuffle.shape} are not [E*D], [S+1, 2], [S]"
+            )
+        if len(shuffle) != len(sample) - 1:
+            raise ValueError(f"{len(shuffle)} shuffled samples but {len(sample) - 1} samples")
+        if doc.size and self.indices.size:
+            low, high = int(self.indices.min()), int(self.indices.max())
+            if int(doc.min()) < low or int(doc.max()) > high:
+                raise ValueError(f"document_index leaves the split's documents [{low}, {high}]")
+        positions, offsets = sample[:, 0], sample[:, 1]
+        longest = int(self.dataset.sequence_lengths.max()) if len(self.dataset) else 0
+        if positions.size and (
+            int(positions.min()) < 0
+            or int(positions.max()) >= max(doc.size, 1)
+            or bool(np.any(positions[1:] < positions[:-1]))
+            or int(offsets.min()) < 0
+            or int(offsets.max()) > longest
+        ):
+            raise ValueError(
+                "sample_index holds positions outside document_index, positions that go back, "
+                f"or offsets outside [0, {longest}] (the longest sequence)"
+            )
+        if shuffle.size and (int(shuffle.min()) < 0 or int(shuffle.max()) >= len(shuffle)):
+            raise ValueError(f"shuffle_index holds sample ids outside [0, {len(shuffle)})")
 
     def _plan_epochs(self, tokens_per_epoch: int) -> Tuple[int, bool, int]:
         """(epochs, separate final epoch?, samples shuffled together first) per Megatron's rule."""

@@ -16,7 +16,8 @@ file is opened, so a truncated or corrupt file raises `IndexedDatasetError` nami
 problem instead of returning garbage or crashing later.
 
 Writers (`IndexedDatasetBuilder`) write under a temporary name and rename on `finalize`, so an
-interrupted run never leaves a pair of files that looks valid.
+interrupted run never leaves a pair of files that looks valid; the temporaries of a killed writer
+are removed by the next one (`megatron.core.files.remove_stale_temporaries`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ import struct
 from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
+
+from megatron.core.files import temporary_path
 
 logger = logging.getLogger(__name__)
 
@@ -88,10 +91,6 @@ def data_file_path(path_prefix: str) -> str:
 def index_file_path(path_prefix: str) -> str:
     """Path of the `.idx` file of a dataset prefix."""
     return path_prefix + ".idx"
-
-
-def _tmp_path(path: str) -> str:
-    return f"{path}.tmp-{os.getpid()}"
 
 
 class _Index:
@@ -322,7 +321,7 @@ class IndexedDatasetBuilder:
         self.bin_path = bin_path
         self.dtype = np.dtype(dtype)
         DType.code_of(self.dtype)  # fail early on an unsupported dtype
-        self._tmp_bin = _tmp_path(bin_path)
+        self._tmp_bin = temporary_path(bin_path)
         self._file = open(self._tmp_bin, "wb")
         self._sizes: list = []
         self._document_indices: list = [0]
@@ -386,7 +385,7 @@ class IndexedDatasetBuilder:
         if self._document_indices[-1] != len(self._sizes):
             self.end_document()  # sequences added after the last end_document form a document
         self._file.close()
-        tmp_idx = _tmp_path(idx_path)
+        tmp_idx = temporary_path(idx_path)
         try:
             write_index(tmp_idx, self.dtype, self._sizes, self._document_indices)
         except BaseException:

@@ -15,9 +15,9 @@ from megatron.core.datasets.indexed_dataset import (
 from megatron.core.datasets.token_counts import (
     save_token_counts,
     sum_token_counts,
-    temporary_path,
     token_counts_path,
 )
+from megatron.core.files import remove_stale_temporaries_beside, temporary_path
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ def merge_datasets(prefixes: Sequence[str], output_prefix: str) -> Optional[str]
     out = os.path.abspath(output_prefix)
     if any(os.path.abspath(p) == out for p in prefixes):
         raise ValueError(f"--output-prefix {output_prefix} is also an input; choose another name")
+    remove_stale_temporaries_beside(output_prefix)
     dtypes = {p: IndexedDataset(p).dtype for p in prefixes}  # opening validates each input
     if len(set(dtypes.values())) > 1:
         listing = ", ".join(f"{p} ({d.name})" for p, d in dtypes.items())

@@ -18,7 +18,8 @@ same input line.
 Outputs, per json key (Megatron's naming): `<prefix>_<key>_<level>.bin/.idx` with level "document",
 or "sentence" when sentences are split, plus `<prefix>_<key>_<level>.token_counts.npy` (see
 `token_counts`). Every file is written under a temporary name and renamed when complete; a failed
-run removes its temporaries.
+run removes its temporaries, and the next run removes those of a killed one
+(`megatron.core.files.remove_stale_temporaries_beside`).
 
 Newlines: without sentence splitting the document text is tokenized exactly as it is, newlines
 included (Megatron's identity splitter). With sentence splitting the whitespace between sentences,
@@ -38,7 +39,6 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -65,11 +65,8 @@ from megatron.core.datasets.preprocess_config import (
     TokenizerFactory,
     output_prefix_for,
 )
-from megatron.core.datasets.token_counts import (
-    save_token_counts,
-    temporary_path,
-    token_counts_path,
-)
+from megatron.core.datasets.token_counts import save_token_counts, token_counts_path
+from megatron.core.files import remove_stale_temporaries_beside, temporary_path
 
 logger = logging.getLogger(__name__)
 
@@ -179,6 +176,7 @@ def preprocess_files(
         StrictModeError: with `config.strict`, at the first bad line; nothing is left behind.
     """
     start = time.monotonic()
+    remove_stale_temporaries_beside(output_prefix)
     encoder = DocumentEncoder(tokenizer_factory(), config, sentence_splitter)
     writers: Dict[str, OutputWriter] = {}
     stats, report = PreprocessStats(), BadInputReport(config.max_bad_lines_reported)
@@ -263,10 +261,12 @@ def preprocess_partitioned(
     if partitions < 1:
         raise ValueError(f"--partitions must be >= 1, got {partitions}")
     start = time.monotonic()
+    remove_stale_temporaries_beside(output_prefix)
     total = sum(count_lines(p) for p in paths)
     bounds = [total * i // partitions for i in range(partitions + 1)]
     out_dir = os.path.dirname(os.path.abspath(output_prefix))
-    tmp_dir = tempfile.mkdtemp(prefix=f".{os.path.basename(output_prefix)}.parts-", dir=out_dir)
+    tmp_dir = temporary_path(os.path.join(out_dir, f".{os.path.basename(output_prefix)}.parts"))
+    os.makedirs(tmp_dir)
     try:
         results = _run_partitions(
             paths, tmp_dir, tokenizer_factory, config, partitions, bounds,

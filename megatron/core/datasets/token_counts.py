@@ -22,6 +22,7 @@ import numpy as np
 
 from megatron.core.datasets.indexed_dataset import IndexedDataset, data_file_path
 from megatron.core.datasets.utils import atomic_save_npy
+from megatron.core.files import temporary_path  # noqa: F401 (the name writers of counts use)
 
 logger = logging.getLogger(__name__)
 
@@ -34,11 +35,6 @@ TOKEN_COUNTS_SUFFIX = ".token_counts.npy"
 def token_counts_path(path_prefix: str) -> str:
     """Path of the token-count file of a dataset prefix (`<prefix>.token_counts.npy`)."""
     return path_prefix + TOKEN_COUNTS_SUFFIX
-
-
-def temporary_path(path: str) -> str:
-    """The name a file is written under before it is renamed to `path`."""
-    return f"{path}.tmp-{os.getpid()}"
 
 
 def save_token_counts(path: str, counts: np.ndarray) -> None:
