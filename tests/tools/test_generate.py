@@ -21,7 +21,7 @@ def test_generation_never_samples_a_padding_id(tmp_path, capsys, sampling):
     assert emb.shape[0] == 128 and not emb[TRUE_VOCAB:].any()  # padding rows stay zero
     # Padding rows that would win every argmax if they were candidates (tied output weight).
     emb[TRUE_VOCAB:] = 50.0 * emb[:TRUE_VOCAB].abs().max() * emb[: 128 - TRUE_VOCAB].sign()
-    torch.save(sd, path)
+    ckpt.save_shard(sd, path)  # a checkpoint saved like that (its checksum follows the edit)
     capsys.readouterr()
     argv = ["--load", str(tmp_path), "--prompt", "1 2 3 4", "--max-new-tokens", "12"]
     assert generate_tool.main(argv + sampling) == 0
