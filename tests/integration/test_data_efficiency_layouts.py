@@ -393,8 +393,13 @@ def test_resume_with_another_dp_size_continues_the_curriculum(gpt_data, tmp_path
     straight = run("gpt", gpt_args(gpt_data, cfg, iters))[0]
     ckpt = str(tmp_path / "ckpt")
     run("gpt", gpt_args(gpt_data, cfg, iters) + ["--exit-interval", str(stop), "--save", ckpt])
-    resumed = run("gpt", gpt_args(gpt_data, cfg, iters) + ["--load", ckpt], 2)[0]
+    ranks = run("gpt", gpt_args(gpt_data, cfg, iters) + ["--load", ckpt], 2)
+    resumed = ranks[0]
     rest = {"history": straight["history"][stop:], "consumed": straight["consumed"]}
     assert len(resumed["history"]) == iters - stop
     assert_same_schedules(resumed, rest)  # samples, tokens, seqlen, difficulty, K, lr
     assert_close(losses(resumed), losses(rest))
+    # after the DP change the ranks drop exactly the tokens the uninterrupted run dropped
+    later = {key: value for key, value in straight["kept"].items() if key[0] > stop}
+    assert bool(later) == ltd
+    assert_same_kept_tokens(ranks, {"kept": later})
