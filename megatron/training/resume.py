@@ -1,4 +1,5 @@
-"""What `--load` is checked against before any heavy work (called by `training.pretrain`).
+"""Resuming from `--load`: what it is checked against before any heavy work (`check_load`), and
+restoring a checkpoint into the run (`load_into`); both called by `training.pretrain`.
 
 - `--load` must name a checkpoint folder. A folder that does not exist, or holds no tracker file,
   is an error (a mistyped path would otherwise train from scratch), except when it is also
@@ -13,9 +14,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from typing import Any, Dict, List, Optional, Tuple
+
+from megatron.core.utils import unwrap_model
 
 from . import checkpointing as ckpt
 
@@ -181,3 +185,118 @@ def check_against_checkpoint(run, stored: Dict[str, Any]) -> None:
             "Give the checkpoint's values (or --use-checkpoint-args to take them from it); to "
             f"change them on purpose add --override-checkpoint-args {names}"
         )
+
+
+def _read_checkpoint(ck, pstate):
+    """(path, contents) of this rank's file of --load ((None, None) without a checkpoint yet),
+    checked against its checksum and its folder; every rank fails when any rank's file is bad."""
+    path, sd, error = None, None, None
+    try:
+        path = ckpt.find_checkpoint(ck.load, pstate, ck.ckpt_step)
+        if path is not None:
+            sd = ckpt.load_checkpoint_file(path, verify=not ck.no_verify_checkpoint)
+            ckpt.check_shard_iteration(path, sd)
+    except (OSError, ckpt.CheckpointError) as exc:
+        error = str(exc)
+    errors = ckpt.agree_on_errors(error)
+    if errors:
+        raise ckpt.CheckpointError(f"cannot load --load {ck.load}: " + "; ".join(errors))
+    return path, sd
+
+
+def _warn_missing_state(sd: Dict[str, Any], path: str, ck, iteration: int) -> None:
+    """Loud warnings for state a resumed run would otherwise silently start afresh."""
+    if ck.no_load_optim:
+        return
+    if sd.get("optimizer") is None:
+        logger.warning(
+            "WARNING: %s has no optimizer state (saved with --no-save-optim): the optimizer "
+            "starts afresh at iteration %d (zero Adam moments, fp32 master weights from the "
+            "loaded model); pass --no-load-optim to make that explicit",
+            path,
+            iteration,
+        )
+    if sd.get("opt_param_scheduler") is None:
+        logger.warning(
+            "WARNING: %s has no learning-rate schedule state: the schedule restarts at step 0",
+            path,
+        )
+
+
+def _restore_training_state(ctx, st, sd: Dict[str, Any], path) -> None:
+    """Counters, optimizer, learning-rate schedule and RNG states of a resumed run."""
+    run, rt, ck = ctx.run, ctx.rt, ctx.run.checkpoint
+    ts = sd.get("train_state") or {}
+    for f in dataclasses.fields(st):
+        if f.name in ts:
+            setattr(st, f.name, ts[f.name])
+    st.iteration = sd["iteration"]
+    _warn_missing_state(sd, path, ck, st.iteration)
+    if not ck.no_load_optim and sd.get("optimizer") is not None:
+        ctx.optimizer.load_state_dict(sd["optimizer"])
+    if sd.get("opt_param_scheduler") is not None and not ck.no_load_optim:
+        ctx.scheduler.load_state_dict(
+            sd["opt_param_scheduler"],
+            use_checkpoint=run.scheduler.use_checkpoint_opt_param_scheduler,
+            override=run.scheduler.override_opt_param_scheduler,
+        )
+    if not ck.no_load_rng:
+        ckpt.restore_rng(sd, rt.pstate, rt.rng_tracker)
+
+
+def load_into(ctx, st):
+    """Restore the state of --load into the model, optimizer, scheduler, RNG and counters of a
+    `training.TrainingContext` and its `TrainState`; returns the checkpoint's data-efficiency
+    state (None without one). An error while restoring names the file."""
+    ck = ctx.run.checkpoint
+    path, sd = _read_checkpoint(ck, ctx.rt.pstate)
+    if path is None:
+        logger.info("no checkpoint in --load %s yet: starting from scratch", ck.load)
+        return None
+    try:
+        ckpt.restore_model(sd, [unwrap_model(m) for m in ctx.model])
+        if ck.finetune:
+            logger.info("loaded model weights from %s (finetune: iteration 0)", path)
+            return None
+        _restore_training_state(ctx, st, sd, path)
+    except (ValueError, KeyError) as exc:
+        detail = f"no entry {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise ValueError(f"{path}: {detail}") from exc
+    logger.info("loaded checkpoint %s at iteration %d", path, st.iteration)
+    return sd.get("data_efficiency")
+
+
+def use_checkpoint_args(run, stored: Optional[Dict[str, Any]]) -> None:
+    """--use-checkpoint-args: take the architecture (and the tokenizer, when none is given) from
+    the checkpoint in --load, so a run can resume or fine-tune without repeating model flags."""
+    from megatron.tokenizer.config import TokenizerConfig
+
+    if not run.checkpoint.load:
+        raise ValueError("--use-checkpoint-args needs --load")
+    if stored is None:
+        raise ValueError(f"--use-checkpoint-args: no checkpoint in --load {run.checkpoint.load}")
+    changes = {
+        f: stored["transformer"][f]
+        for f in ckpt.CHECKPOINT_ARCH_FIELDS["transformer"]
+        if f in stored["transformer"]
+    }
+    run.transformer = dataclasses.replace(run.transformer, **changes)
+    for f in ckpt.CHECKPOINT_ARCH_FIELDS["model"]:
+        if f in stored.get("model", {}):
+            setattr(run.model, f, stored["model"][f])
+    if run.tokenizer is None and stored.get("tokenizer"):
+        run.tokenizer = TokenizerConfig(**stored["tokenizer"])
+    logger.info("--use-checkpoint-args: architecture from %s: %s", run.checkpoint.load, changes)
+
+
+def check_load(run) -> None:
+    """--load against the run, before any heavy work: the folder, --use-checkpoint-args, the
+    stored architecture and layout (SystemExit naming the problem)."""
+    try:
+        stored = stored_run_args(run)
+        if run.checkpoint.use_checkpoint_args:
+            use_checkpoint_args(run, stored)
+        if stored is not None:
+            check_against_checkpoint(run, stored)
+    except (ValueError, OSError, ckpt.CheckpointError) as exc:
+        raise SystemExit(f"error: {exc}") from None

@@ -508,128 +508,12 @@ def train(
         exit_signal.restore()
 
 
-# ---- checkpoints in, arguments from checkpoints --------------------------------------------
-def _read_checkpoint(ck, pstate):
-    """(path, contents) of this rank's file of --load ((None, None) without a checkpoint yet),
-    checked against its checksum and its folder; every rank fails when any rank's file is bad."""
-    path, sd, error = None, None, None
-    try:
-        path = ckpt.find_checkpoint(ck.load, pstate, ck.ckpt_step)
-        if path is not None:
-            sd = ckpt.load_checkpoint_file(path, verify=not ck.no_verify_checkpoint)
-            ckpt.check_shard_iteration(path, sd)
-    except (OSError, ckpt.CheckpointError) as exc:
-        error = str(exc)
-    errors = ckpt.agree_on_errors(error)
-    if errors:
-        raise ckpt.CheckpointError(f"cannot load --load {ck.load}: " + "; ".join(errors))
-    return path, sd
-
-
-def _warn_missing_state(sd: Dict[str, Any], path: str, ck, iteration: int) -> None:
-    """Loud warnings for state a resumed run would otherwise silently start afresh."""
-    if ck.no_load_optim:
-        return
-    if sd.get("optimizer") is None:
-        logger.warning(
-            "WARNING: %s has no optimizer state (saved with --no-save-optim): the optimizer "
-            "starts afresh at iteration %d (zero Adam moments, fp32 master weights from the "
-            "loaded model); pass --no-load-optim to make that explicit",
-            path,
-            iteration,
-        )
-    if sd.get("opt_param_scheduler") is None:
-        logger.warning(
-            "WARNING: %s has no learning-rate schedule state: the schedule restarts at step 0",
-            path,
-        )
-
-
-def _restore_training_state(ctx: TrainingContext, st: TrainState, sd: Dict[str, Any], path):
-    """Counters, optimizer, learning-rate schedule and RNG states of a resumed run."""
-    run, rt, ck = ctx.run, ctx.rt, ctx.run.checkpoint
-    ts = sd.get("train_state") or {}
-    for f in dataclasses.fields(TrainState):
-        if f.name in ts:
-            setattr(st, f.name, ts[f.name])
-    st.iteration = sd["iteration"]
-    _warn_missing_state(sd, path, ck, st.iteration)
-    if not ck.no_load_optim and sd.get("optimizer") is not None:
-        ctx.optimizer.load_state_dict(sd["optimizer"])
-    if sd.get("opt_param_scheduler") is not None and not ck.no_load_optim:
-        ctx.scheduler.load_state_dict(
-            sd["opt_param_scheduler"],
-            use_checkpoint=run.scheduler.use_checkpoint_opt_param_scheduler,
-            override=run.scheduler.override_opt_param_scheduler,
-        )
-    if not ck.no_load_rng:
-        ckpt.restore_rng(sd, rt.pstate, rt.rng_tracker)
-
-
-def _load(ctx: TrainingContext, st: TrainState):
-    """Restore the state of --load into the model, optimizer, scheduler, RNG and counters;
-    returns the checkpoint's data-efficiency state (None without one). An error while restoring
-    names the file."""
-    ck = ctx.run.checkpoint
-    path, sd = _read_checkpoint(ck, ctx.rt.pstate)
-    if path is None:
-        logger.info("no checkpoint in --load %s yet: starting from scratch", ck.load)
-        return None
-    try:
-        ckpt.restore_model(sd, [unwrap_model(m) for m in ctx.model])
-        if ck.finetune:
-            logger.info("loaded model weights from %s (finetune: iteration 0)", path)
-            return None
-        _restore_training_state(ctx, st, sd, path)
-    except (ValueError, KeyError) as exc:
-        detail = f"no entry {exc}" if isinstance(exc, KeyError) else str(exc)
-        raise ValueError(f"{path}: {detail}") from exc
-    logger.info("loaded checkpoint %s at iteration %d", path, st.iteration)
-    return sd.get("data_efficiency")
-
-
-def _use_checkpoint_args(run: RunConfig, stored: Optional[Dict[str, Any]]) -> None:
-    """--use-checkpoint-args: take the architecture (and the tokenizer, when none is given) from
-    the checkpoint in --load, so a run can resume or fine-tune without repeating model flags."""
-    from megatron.tokenizer.config import TokenizerConfig
-
-    if not run.checkpoint.load:
-        raise ValueError("--use-checkpoint-args needs --load")
-    if stored is None:
-        raise ValueError(f"--use-checkpoint-args: no checkpoint in --load {run.checkpoint.load}")
-    changes = {
-        f: stored["transformer"][f]
-        for f in ckpt.CHECKPOINT_ARCH_FIELDS["transformer"]
-        if f in stored["transformer"]
-    }
-    run.transformer = dataclasses.replace(run.transformer, **changes)
-    for f in ckpt.CHECKPOINT_ARCH_FIELDS["model"]:
-        if f in stored.get("model", {}):
-            setattr(run.model, f, stored["model"][f])
-    if run.tokenizer is None and stored.get("tokenizer"):
-        run.tokenizer = TokenizerConfig(**stored["tokenizer"])
-    logger.info("--use-checkpoint-args: architecture from %s: %s", run.checkpoint.load, changes)
-
-
-def _check_load(run: RunConfig) -> None:
-    """--load against the run, before any heavy work: the folder, --use-checkpoint-args, the
-    stored architecture and layout (see `resume`)."""
-    try:
-        stored = resume.stored_run_args(run)
-        if run.checkpoint.use_checkpoint_args:
-            _use_checkpoint_args(run, stored)
-        if stored is not None:
-            resume.check_against_checkpoint(run, stored)
-    except (ValueError, OSError, ckpt.CheckpointError) as exc:
-        raise SystemExit(f"error: {exc}") from None
-
-
 # ---- pretrain ------------------------------------------------------------------------------
 def _parse(argv, extra_args_provider, args_defaults) -> Tuple[RunConfig, MicroBatchCalculator, int]:
     """The run's options, its batch-size calculator and its training samples; a bad lr schedule
     or a --load that does not fit the run fails here, before any heavy work."""
     run = parse_args(argv, extra_args_provider, args_defaults)
-    _check_load(run)
+    resume.check_load(run)
     tr = run.training
     calc = MicroBatchCalculator(
         tr.global_batch_size, tr.micro_batch_size, run.data_parallel_size, tr.rampup_batch_size
@@ -737,7 +621,7 @@ def _build_and_train(run, rt, calc, n_train, script: _Script, liveness, history)
         liveness=liveness,
     )
     st = TrainState()
-    de_state = _load(ctx, st) if run.checkpoint.load else None
+    de_state = resume.load_into(ctx, st) if run.checkpoint.load else None
     train_loader, valid_loader, test_loader = _build_loaders(
         ctx, st, script.datasets_provider, n_train, de_state
     )
