@@ -20,6 +20,8 @@ from typing import Any, Dict, Optional
 
 import torch.distributed as dist
 
+from megatron.core.files import pid_alive
+
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".megatron-save.lock"
@@ -27,16 +29,6 @@ LOCK_NAME = ".megatron-save.lock"
 
 class SaveFolderInUse(RuntimeError):
     """Another job holds the lock of a --save folder."""
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def _read(path: str) -> Optional[Dict[str, Any]]:
@@ -53,7 +45,7 @@ def _holder_gone(holder: Optional[Dict[str, Any]]) -> bool:
         return False  # unreadable: being written right now, or damaged; do not guess
     if holder.get("host") != socket.gethostname():
         return False
-    return not _pid_alive(int(holder.get("pid", -1)))
+    return not pid_alive(int(holder.get("pid", -1)))
 
 
 class SaveLock:
