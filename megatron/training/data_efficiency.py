@@ -33,7 +33,7 @@ from megatron.core.curriculum.seqlen import (
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.deepspeed_config import DeepSpeedConfig, load_deepspeed_config
 from megatron.core.random_ltd.routing import RandomLTDState, check_random_ltd_config
-from megatron.core.random_ltd.schedule import random_ltd_effective_seqlen, random_ltd_value
+from megatron.core.random_ltd.schedule import random_ltd_effective_seqlen, random_ltd_keep
 
 from .data import rank_zero_first
 
@@ -143,7 +143,7 @@ class DataEfficiency:
         """Random-LTD kept tokens at `step` (capped by the current length), None when off."""
         if self.ltd is None:
             return None
-        return min(random_ltd_value(self.ltd.random_ltd_schedule, step - 1), length)
+        return random_ltd_keep(self.ltd.random_ltd_schedule, step, length)
 
     def tokens_per_step(self, step: int, global_batch_size: int, micro_batch_size: int) -> int:
         """Tokens consumed by step `step` for accounting: rows x length of the model input, with
