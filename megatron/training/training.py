@@ -269,6 +269,10 @@ def train_step(ctx: TrainingContext, data_iterator, plan: StepPlan, counts=None)
     (tokens, layer-tokens) of this rank's micro-batches, filled while they are read, when the
     step's count depends on the data. Returns (reports averaged over micro-batches and DP ranks,
     whether the update was applied, grad norm, the plan with the measured counts).
+
+    The token and layer-token lr clocks advance by the step's tokens even when an fp16 overflow
+    skips the update (Megatron-DeepSpeed's scheduler reads the absolute consumed-token count);
+    the sample clock, as in Megatron, only on applied updates.
     """
     for m in ctx.model:
         m.zero_grad_buffer()
@@ -288,8 +292,7 @@ def train_step(ctx: TrainingContext, data_iterator, plan: StepPlan, counts=None)
         ok, grad_norm, _ = ctx.optimizer.step(check_finite=check)
     except NonFiniteGradError as exc:
         raise _non_finite(ctx, plan.step, f"the gradient norm is {exc.grad_norm}") from None
-    if ok:
-        ctx.scheduler.step(plan.global_batch_size, plan.tokens, plan.layer_tokens)
+    ctx.scheduler.step(plan.global_batch_size if ok else 0, plan.tokens, plan.layer_tokens)
     return report, ok, grad_norm, plan
 
 

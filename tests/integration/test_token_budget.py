@@ -1,7 +1,7 @@
 """--train-tokens as the only budget with curriculum learning and random-LTD, through `pretrain`:
 the run reaches the budget without reading more samples than its training split holds, and the
-lr reaches --min-lr exactly at the budget (also with the layer-token schedule and BERT's padding
-trim)."""
+lr reaches --min-lr exactly at the budget (also with fp16-skipped steps, the layer-token schedule
+and BERT's padding trim)."""
 
 import functools
 import json
@@ -112,6 +112,19 @@ def test_train_tokens_alone_runs_to_the_budget(tmp_path, small_gpt_data, techniq
         assert h["lr"] == pytest.approx(_cosine(h["consumed_train_tokens"]), rel=1e-12)
     steps = {"ltd": 12, "cl": 23, "cl_ltd": 25}[technique]
     assert st.iteration == steps and st.consumed_train_samples == 8 * steps
+
+
+def test_fp16_skipped_steps_count_on_the_token_clock(tmp_path, small_gpt_data):
+    """A step skipped for an fp16 overflow consumed its tokens: the token clock counts them, so
+    the lr is the schedule at the consumed tokens and --min-lr at the budget (before: the clock
+    missed the 320 tokens of the 2 skipped steps and the run ended at 1.12x --min-lr)."""
+    flags = ["--train-tokens", str(BUDGET), "--min-lr", str(MIN_LR), *RUNS["ltd"](tmp_path)]
+    flags += ["--fp16", "--initial-loss-scale", str(2**20)]
+    st, hist, split = _pretrain(gpt_args(small_gpt_data, flags), pretrain_gpt.datasets_provider)
+    assert st.skipped_iterations > 0 and not hist[0]["update_successful"]
+    _assert_ends_at_the_budget(st, hist, split)
+    for h in hist:
+        assert h["lr"] == pytest.approx(_cosine(h["consumed_train_tokens"]), rel=1e-12)
 
 
 def test_layer_token_schedule_continues_a_token_warmup(tmp_path, small_gpt_data):
