@@ -21,7 +21,7 @@ from megatron.core.optimizer.config import OptimizerConfig
 from megatron.core.transformer.config import TransformerConfig
 from megatron.tokenizer.config import TokenizerConfig
 
-from .budget import schedule_spans, train_num_samples
+from .budget import StepAccounting, schedule_spans
 from .config import (
     CheckpointConfig,
     DataConfig,
@@ -33,7 +33,6 @@ from .config import (
     TrainingConfig,
 )
 from .data_efficiency import check_against_model, check_flags
-from .microbatches import MicroBatchCalculator
 from .options import Flag, add_dataclass_options, build_dataclass
 from .run_config import RunConfig
 
@@ -124,13 +123,15 @@ def parse_args(
     defaults: Optional[Dict[str, Any]] = None,
     world_size: Optional[int] = None,
     check_data_files: bool = True,
+    model_type: str = "gpt",
 ) -> RunConfig:
     """Parse and validate the command line (argv defaults to sys.argv[1:]).
 
     Every check that needs only the flags (and the files they name) runs here, so a bad command
     line exits with status 2 and a message naming the flag and the fix before anything is built.
     `check_data_files=False` skips the existence check of the --data-path prefixes (for dry runs
-    that parse a launch command meant for another machine).
+    that parse a launch command meant for another machine). `model_type` (gpt or bert) is the
+    model the script trains: the token accounting the lr schedule is checked with depends on it.
     """
     parser = build_parser(extra_args_provider)
     if defaults:
@@ -144,6 +145,7 @@ def parse_args(
             parser,
             world_size if world_size is not None else _world_size(),
             check_data_files,
+            model_type,
         )
     except ValueError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
@@ -151,7 +153,11 @@ def parse_args(
 
 
 def config_from_namespace(
-    ns: argparse.Namespace, parser, world_size: int, check_data_files: bool = True
+    ns: argparse.Namespace,
+    parser,
+    world_size: int,
+    check_data_files: bool = True,
+    model_type: str = "gpt",
 ) -> RunConfig:
     """Build and cross-validate the per-concern configs (raises ValueError with the fix)."""
     model = build_dataclass(ModelConfig, ns)
@@ -189,13 +195,15 @@ def config_from_namespace(
         world_size=world_size,
         extra={k: getattr(ns, k) for k in known - core_fields - {"help"} if hasattr(ns, k)},
     )
-    validate_run_config(run, check_data_files)
+    validate_run_config(run, check_data_files, model_type)
     return run
 
 
-def validate_run_config(run: RunConfig, check_data_files: bool = True) -> None:
+def validate_run_config(
+    run: RunConfig, check_data_files: bool = True, model_type: str = "gpt"
+) -> None:
     """Checks that involve several configs or the world size (`check_data_files`: also that the
-    --data-path prefixes exist)."""
+    --data-path prefixes exist; `model_type`: gpt or bert, for the token accounting)."""
     par, tr, model = run.parallel, run.training, run.model
     run.transformer.check_layout(run.layout)
     dp = run.data_parallel_size
@@ -235,14 +243,14 @@ def validate_run_config(run: RunConfig, check_data_files: bool = True) -> None:
     vpp = run.layout.virtual_pipeline_model_parallel_size
     if vpp and vpp > 1:
         _check_interleaved_micro_batches(tr, dp, par.pipeline_model_parallel_size)
-    _check_data_efficiency(run)
+    ds_config = _check_data_efficiency(run)
     ck = run.checkpoint
     if ck.save_interval is not None and ck.save is None:
         raise ValueError("--save-interval needs --save <folder>")
-    _check_schedule(run)
+    _check_schedule(run, ds_config, model_type)
 
 
-def _check_schedule(run: RunConfig) -> None:
+def _check_schedule(run: RunConfig, ds_config, model_type: str) -> None:
     """The batch-size ramp-up, the lr schedule over the budget (budget.py builds both) and the
     seeds of the pipeline stages."""
     tr = run.training
@@ -252,10 +260,7 @@ def _check_schedule(run: RunConfig) -> None:
             f"--seed {tr.seed}: the last pipeline stage seeds with --seed + 100 x stage = "
             f"{last_stage_seed}, above 2**32 - 1; use a smaller --seed"
         )
-    calc = MicroBatchCalculator(
-        tr.global_batch_size, tr.micro_batch_size, run.data_parallel_size, tr.rampup_batch_size
-    )
-    schedule_spans(run, train_num_samples(run, calc))
+    schedule_spans(run, StepAccounting.from_run(run, model_type, ds_config))
 
 
 def _check_data(run: RunConfig, check_files: bool) -> None:
@@ -334,8 +339,9 @@ def _check_interleaved_micro_batches(tr: TrainingConfig, dp: int, pp: int) -> No
             )
 
 
-def _check_data_efficiency(run: RunConfig) -> None:
-    """--deepspeed_config against the command line and the model, and the flags that need it."""
+def _check_data_efficiency(run: RunConfig):
+    """--deepspeed_config against the command line and the model, and the flags that need it;
+    returns the parsed --deepspeed_config (None without one)."""
     flags, t = run.data_efficiency, run.transformer
     cfg = _check_deepspeed_config(run) if flags.deepspeed_config else None
     check_flags(cfg, flags.data_efficiency_curriculum_learning, flags.random_ltd)
@@ -343,6 +349,7 @@ def _check_data_efficiency(run: RunConfig) -> None:
         check_against_model(cfg, run.model.seq_length, t.num_layers, t.sequence_parallel)
     except ValueError as exc:
         raise ValueError(f"--deepspeed_config {flags.deepspeed_config}: {exc}") from None
+    return cfg
 
 
 def _check_deepspeed_config(run: RunConfig):

@@ -35,7 +35,9 @@ class TrainingConfig:
 
     train_tokens: Optional[int] = None
     """Tokens to train for; counts the actual tokens consumed (curriculum-truncated and
-    random-LTD-effective lengths when those are on)."""
+    random-LTD-effective lengths when those are on). As the only budget, the training split is
+    built with the samples of the steps that reach it (the per-step token counts summed) and the
+    lr decays over these tokens."""
 
     exit_interval: Optional[int] = None
     """Save (when --save is set) and exit when the iteration is a multiple of this."""
@@ -155,7 +157,8 @@ class SchedulerConfig:
     """constant, linear, cosine or inverse-square-root."""
 
     lr_decay_iters: Optional[int] = None
-    """Iterations to decay over (default: the training budget)."""
+    """Iterations to decay over (default: the training budget, in tokens for --train-tokens
+    alone)."""
 
     lr_decay_samples: Optional[int] = None
     """Samples to decay over."""
@@ -167,13 +170,15 @@ class SchedulerConfig:
     """Fraction of the decay span used for warmup."""
 
     lr_warmup_iters: int = 0
-    """Iterations of linear warmup."""
+    """Iterations of linear warmup (with a decay in tokens or layer-tokens: until the tokens or
+    layer-tokens those iterations consume)."""
 
     lr_warmup_samples: int = 0
-    """Samples of linear warmup."""
+    """Samples of linear warmup (converted like --lr-warmup-iters)."""
 
     lr_warmup_tokens: Optional[int] = None
-    """Tokens of linear warmup."""
+    """Tokens of linear warmup (with a decay in samples or layer-tokens: until the samples or
+    layer-tokens consumed by then)."""
 
     override_opt_param_scheduler: bool = False
     """Ignore the scheduler state of the checkpoint and use the command-line values."""

@@ -10,6 +10,11 @@ what the loop needs at step k (the 1-based iteration):
   or reshape, BERT padding trim) and attaches the micro-batch's `RandomLTDState`;
 - token accounting (curriculum-truncated and random-LTD-effective lengths), log fields, and the
   state saved in checkpoints.
+
+The token accounting is a pure function of (config, step, global batch size), except for BERT
+with curriculum learning but no seqlen_truncate metric, which trims each micro-batch to its longest
+non-padding length (`tokens_depend_on_data`): there the per-step functions give the untrimmed
+upper bound and `step_iterator` records each micro-batch's actual count.
 """
 
 from __future__ import annotations
@@ -17,7 +22,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
+
+import torch
+import torch.distributed as dist
 
 from megatron.core.curriculum.analysis import attach_metrics
 from megatron.core.curriculum.config import SEQLEN_RESHAPE, SEQLEN_TRUNCATE
@@ -33,7 +41,10 @@ from megatron.core.curriculum.seqlen import (
 from megatron.core.datasets.indexed_dataset import IndexedDataset
 from megatron.core.deepspeed_config import DeepSpeedConfig, load_deepspeed_config
 from megatron.core.random_ltd.routing import RandomLTDState, check_random_ltd_config
-from megatron.core.random_ltd.schedule import random_ltd_effective_seqlen, random_ltd_value
+from megatron.core.random_ltd.schedule import (
+    random_ltd_effective_seqlen,
+    random_ltd_keep,
+)
 
 from .data import rank_zero_first
 
@@ -139,31 +150,63 @@ class DataEfficiency:
         length = seqlen_at_step(self.ds, step, self.seq_length, "bert", self.trim_padding)
         return micro_batch_size, self.seq_length if length is None else length
 
+    @property
+    def tokens_depend_on_data(self) -> bool:
+        """Whether a step's token count depends on the data: BERT trimming each micro-batch to its
+        longest non-padding length (curriculum learning without seqlen_truncate, no pipeline
+        parallelism). The per-step functions then give the untrimmed upper bound."""
+        if self.model_type != "bert" or not self.changes_seqlen:
+            return False
+        return seqlen_at_step(self.ds, 1, self.seq_length, "bert", self.trim_padding) is None
+
     def keep(self, step: int, length: int) -> Optional[int]:
         """Random-LTD kept tokens at `step` (capped by the current length), None when off."""
         if self.ltd is None:
             return None
-        return min(random_ltd_value(self.ltd.random_ltd_schedule, step - 1), length)
+        return random_ltd_keep(self.ltd.random_ltd_schedule, step, length)
+
+    def counts(self, step: int, rows: int, length: int) -> Tuple[int, int]:
+        """(tokens, layer-tokens) of `rows` rows of `length` model-input tokens at step `step`.
+
+        Tokens use the random-LTD effective length (S * (L - n) + K * n) // L when random-LTD is
+        on; layer-tokens sum over the layers the tokens each one processed."""
+        k = self.keep(step, length)
+        if k is None:
+            return rows * length, rows * length * self.num_layers
+        n = len(self.ltd_layers)
+        tokens = rows * random_ltd_effective_seqlen(length, k, self.num_layers, n)
+        return tokens, rows * (length * (self.num_layers - n) + k * n)
+
+    def step_counts(
+        self, step: int, global_batch_size: int, micro_batch_size: int
+    ) -> Tuple[int, int]:
+        """(tokens, layer-tokens) of step `step` for accounting: rows x length of the model input,
+        tokens with the random-LTD effective length (S * (L - n) + K * n) // L when random-LTD is
+        on (the untrimmed upper bound when `tokens_depend_on_data`)."""
+        rows, length = self.batch_shape(step, micro_batch_size)
+        return self.counts(step, global_batch_size // micro_batch_size * rows, length)
 
     def tokens_per_step(self, step: int, global_batch_size: int, micro_batch_size: int) -> int:
-        """Tokens consumed by step `step` for accounting: rows x length of the model input, with
-        the random-LTD effective length (S * (L - n) + K * n) // L when random-LTD is on."""
-        rows, length = self.batch_shape(step, micro_batch_size)
-        rows_total = global_batch_size // micro_batch_size * rows
-        k = self.keep(step, length)
-        if k is not None:
-            length = random_ltd_effective_seqlen(length, k, self.num_layers, len(self.ltd_layers))
-        return rows_total * length
+        """Tokens consumed by step `step` for accounting (`step_counts`)."""
+        return self.step_counts(step, global_batch_size, micro_batch_size)[0]
 
     def layer_tokens_per_step(
         self, step: int, global_batch_size: int, micro_batch_size: int
     ) -> int:
         """Layer-tokens of step `step` (sum over layers of the tokens each layer processed)."""
-        rows, length = self.batch_shape(step, micro_batch_size)
-        rows_total = global_batch_size // micro_batch_size * rows
-        k = self.keep(step, length)
-        n = len(self.ltd_layers) if k is not None else 0
-        return rows_total * (length * (self.num_layers - n) + (k or 0) * n)
+        return self.step_counts(step, global_batch_size, micro_batch_size)[1]
+
+    @staticmethod
+    def measured(counts: List[Tuple[int, int]], dp_group=None) -> Tuple[int, int]:
+        """(tokens, layer-tokens) of a step from the `counts` `step_iterator` recorded on this
+        rank, summed over the data-parallel group (a collective; the same on every rank)."""
+        local = [sum(c[0] for c in counts), sum(c[1] for c in counts)]
+        if dp_group is not None:
+            device = "cuda" if dist.get_backend(dp_group) == "nccl" else "cpu"
+            total = torch.tensor(local, dtype=torch.int64, device=device)
+            dist.all_reduce(total, group=dp_group)
+            local = total.tolist()
+        return int(local[0]), int(local[1])
 
     def log_fields(self, step: int, micro_batch_size: int) -> Dict[str, Any]:
         """Values shown in the iteration line for step `step`."""
@@ -182,9 +225,15 @@ class DataEfficiency:
 
     # ---- data --------------------------------------------------------------------------------
     def step_iterator(
-        self, data_iterator, step: int, num_micro: int, train: bool = True
+        self,
+        data_iterator,
+        step: int,
+        num_micro: int,
+        train: bool = True,
+        counts: Optional[List[Tuple[int, int]]] = None,
     ) -> Iterator[Dict]:
-        """This step's micro-batches: post-processed, with their RandomLTDState attached.
+        """This step's micro-batches: post-processed, with their RandomLTDState attached; when
+        `counts` is a list, each micro-batch's (tokens, layer-tokens) is appended to it.
 
         Micro-batch m of this rank holds rows (m * dp_size + dp_rank) * b ... of the step's global
         batch (b rows each, after post-processing): the order in which the batch samplers hand
@@ -196,8 +245,10 @@ class DataEfficiency:
                 batch = post_process_batch(
                     self.ds, step, batch, self.seq_length, self.model_type, self.trim_padding
                 )
+            rows, length = _batch_shape(batch, self.model_type)
+            if counts is not None:
+                counts.append(self.counts(step, rows, length))
             if train and self.ltd is not None:
-                rows, length = _batch_shape(batch, self.model_type)
                 batch = dict(batch)
                 batch["random_ltd"] = RandomLTDState(
                     seed=self.seed,
@@ -379,22 +430,42 @@ def _check_ltd(ltd, seq_length: int, num_layers: int, sequence_parallel: bool) -
     return layers
 
 
-def build_data_efficiency(run, model_type: str, pstate) -> DataEfficiency:
-    """From the run's flags: --deepspeed_config, --data-efficiency-curriculum-learning,
-    --random-ltd."""
-    de_flags = run.data_efficiency
-    ds = load_deepspeed_config(de_flags.deepspeed_config) if de_flags.deepspeed_config else None
-    obj = DataEfficiency(
+def data_efficiency_from_flags(
+    run,
+    model_type: str,
+    dp_rank: int = 0,
+    dp_size: Optional[int] = None,
+    ds_config: Optional[DeepSpeedConfig] = None,
+) -> DataEfficiency:
+    """The `DataEfficiency` of the run's flags (--deepspeed_config, --seq-length, --num-layers,
+    the parallel layout), without process groups: its per-step accounting is a pure function of
+    the flags and the step, so the budget is planned from it before anything is initialised.
+    `ds_config`: the already parsed --deepspeed_config (read from the file when None)."""
+    path = run.data_efficiency.deepspeed_config
+    ds = ds_config
+    if ds is None and path:
+        ds = load_deepspeed_config(path)
+    return DataEfficiency(
         ds,
         model_type,
         run.model.seq_length,
         run.transformer.num_layers,
         run.transformer.sequence_parallel,
-        pstate.pp_size > 1,
+        run.parallel.pipeline_model_parallel_size > 1,
         run.training.seed,
-        pstate.dp_rank,
-        pstate.dp_size,
+        dp_rank,
+        run.data_parallel_size if dp_size is None else dp_size,
     )
+
+
+def build_data_efficiency(
+    run, model_type: str, pstate, ds_config: Optional[DeepSpeedConfig] = None
+) -> DataEfficiency:
+    """From the run's flags: --deepspeed_config (or `ds_config`, already parsed from it),
+    --data-efficiency-curriculum-learning, --random-ltd."""
+    de_flags = run.data_efficiency
+    obj = data_efficiency_from_flags(run, model_type, pstate.dp_rank, pstate.dp_size, ds_config)
+    ds = obj.ds
     curriculum_on = obj.curriculum is not None or obj.legacy is not None
     check_flags(ds, de_flags.data_efficiency_curriculum_learning, de_flags.random_ltd)
     if obj.ltd is not None and not de_flags.random_ltd:

@@ -3,7 +3,10 @@
 Progress is counted in samples (Megatron) or, when token budgets are given, in tokens
 (Megatron-DeepSpeed's --lr-warmup-tokens / --lr-decay-tokens). Token counts are the tokens
 actually consumed, so a curriculum that truncates sequences or random-LTD that drops tokens
-stretches the schedule accordingly.
+stretches the schedule accordingly; the training loop also counts the tokens of steps an fp16
+overflow skipped (as Megatron-DeepSpeed's scheduler reads the absolute consumed-token count), the
+samples only of applied updates (as Megatron). `budget.schedule_spans` gives warmup and decay in
+one unit.
 """
 
 from __future__ import annotations

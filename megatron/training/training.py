@@ -32,7 +32,15 @@ from megatron.core.utils import unwrap_model
 from . import checkpointing as ckpt
 from . import resume
 from .arguments import RunConfig, parse_args
-from .budget import build_scheduler, schedule_spans, train_num_samples
+from .budget import (
+    DataExhaustedError,
+    StepAccounting,
+    build_scheduler,
+    exhausted_message,
+    sample_limit,
+    schedule_spans,
+    train_num_samples,
+)
 from .data_efficiency import build_data_efficiency
 from .data_samplers import CyclicSampler, PretrainingSampler
 from .initialize import Runtime, initialize, setup_logging
@@ -140,10 +148,13 @@ class StepPlan:
     """(rows, tokens per row) of every micro-batch (a curriculum may change it)."""
 
     tokens: int
-    """Tokens the step consumes for accounting (curriculum and random-LTD lengths)."""
+    """Tokens the step consumes for accounting (curriculum and random-LTD lengths). Where the
+    count depends on the data (BERT trimming padding, `DataEfficiency.tokens_depend_on_data`) the
+    plan holds the untrimmed upper bound, and `train_step` returns the plan with the measured
+    count."""
 
     layer_tokens: int
-    """Layer-tokens of the step (the random-LTD lr schedule's clock)."""
+    """Layer-tokens of the step (the random-LTD lr schedule's clock); measured like `tokens`."""
 
 
 def plan_step(ctx: TrainingContext, st: TrainState) -> StepPlan:
@@ -151,13 +162,14 @@ def plan_step(ctx: TrainingContext, st: TrainState) -> StepPlan:
     step, mbs = st.iteration + 1, ctx.run.training.micro_batch_size
     gbs = ctx.calc.global_batch_at(st.consumed_train_samples)
     de = ctx.rt.data_efficiency
+    tokens, layer_tokens = de.step_counts(step, gbs, mbs)
     return StepPlan(
         step=step,
         global_batch_size=gbs,
         num_microbatches=gbs // ctx.calc.unit,
         shape=de.batch_shape(step, mbs),
-        tokens=de.tokens_per_step(step, gbs, mbs),
-        layer_tokens=de.layer_tokens_per_step(step, gbs, mbs),
+        tokens=tokens,
+        layer_tokens=layer_tokens,
     )
 
 
@@ -250,11 +262,17 @@ def _average_reports(reports: List[Dict[str, torch.Tensor]], pstate) -> Dict[str
     return broadcast_from_last_stage(values, pstate)
 
 
-def train_step(ctx: TrainingContext, data_iterator, plan: StepPlan):
+def train_step(ctx: TrainingContext, data_iterator, plan: StepPlan, counts=None):
     """Forward/backward over the step's micro-batches, gradient sync, optimizer step.
 
-    Every pipeline stage derives its activation shapes from `plan.shape`. Returns (reports
-    averaged over micro-batches and DP ranks, whether the update was applied, grad norm).
+    Every pipeline stage derives its activation shapes from `plan.shape`. `counts`: the
+    (tokens, layer-tokens) of this rank's micro-batches, filled while they are read, when the
+    step's count depends on the data. Returns (reports averaged over micro-batches and DP ranks,
+    whether the update was applied, grad norm, the plan with the measured counts).
+
+    The token and layer-token lr clocks advance by the step's tokens even when an fp16 overflow
+    skips the update (Megatron-DeepSpeed's scheduler reads the absolute consumed-token count);
+    the sample clock, as in Megatron, only on applied updates.
     """
     for m in ctx.model:
         m.zero_grad_buffer()
@@ -263,6 +281,9 @@ def train_step(ctx: TrainingContext, data_iterator, plan: StepPlan):
     reports = ctx.schedule()(args)
     finalize_model_grads(ctx.model, ctx.rt.pstate)
     report = _average_reports(reports, ctx.rt.pstate)  # the same values on every rank
+    if counts is not None:  # the same totals on every rank
+        tokens, layer_tokens = ctx.rt.data_efficiency.measured(counts, ctx.rt.pstate.dp_group)
+        plan = dataclasses.replace(plan, tokens=tokens, layer_tokens=layer_tokens)
     check = ctx.run.training.check_for_nan_in_loss_and_grad
     bad = {k: v for k, v in report.items() if not math.isfinite(v)}
     if check and bad:
@@ -271,9 +292,8 @@ def train_step(ctx: TrainingContext, data_iterator, plan: StepPlan):
         ok, grad_norm, _ = ctx.optimizer.step(check_finite=check)
     except NonFiniteGradError as exc:
         raise _non_finite(ctx, plan.step, f"the gradient norm is {exc.grad_norm}") from None
-    if ok:
-        ctx.scheduler.step(plan.global_batch_size, plan.tokens, plan.layer_tokens)
-    return report, ok, grad_norm
+    ctx.scheduler.step(plan.global_batch_size if ok else 0, plan.tokens, plan.layer_tokens)
+    return report, ok, grad_norm, plan
 
 
 def _non_finite(ctx: TrainingContext, step: int, what: str) -> NonFiniteTrainingError:
@@ -459,11 +479,14 @@ def train(
     train_loader,
     valid_loader,
     history: Optional[List[Dict]] = None,
+    samples_available: Optional[int] = None,
 ) -> Optional[str]:
     """The training loop; returns the exit reason (None when the budget was spent).
 
     When `history` is a list, one dict per iteration is appended to it (iteration, reported
     values averaged over DP, lr, grad norm, update success) for tests and tools.
+    `samples_available`: the samples the training split holds when it was sized for the run (a
+    step that would read past them saves and stops with an error instead of repeating data).
     """
     run, de = ctx.run, ctx.rt.data_efficiency
     mbs = run.training.micro_batch_size
@@ -476,9 +499,11 @@ def train(
     try:
         while not _budget_done(run, st):
             plan = plan_step(ctx, st)
-            step_iter = de.step_iterator(data_iter, plan.step, plan.num_microbatches)
+            _check_samples_left(ctx, st, plan, samples_available)
+            counts = [] if de.tokens_depend_on_data else None
+            step_iter = de.step_iterator(data_iter, plan.step, plan.num_microbatches, counts=counts)
             log.timer.start()
-            report, ok, grad_norm = train_step(ctx, step_iter, plan)
+            report, ok, grad_norm, plan = train_step(ctx, step_iter, plan, counts)
             log.timer.stop()
             _count(st, plan, report, ok, ctx.flops_per_token)
             log.record(report, plan.tokens)
@@ -508,22 +533,32 @@ def train(
         exit_signal.restore()
 
 
-# ---- pretrain ------------------------------------------------------------------------------
-def _parse(argv, extra_args_provider, args_defaults) -> Tuple[RunConfig, MicroBatchCalculator, int]:
-    """The run's options, its batch-size calculator and its training samples; a bad lr schedule
-    or a --load that does not fit the run fails here, before any heavy work."""
-    run = parse_args(argv, extra_args_provider, args_defaults)
-    resume.check_load(run)
-    tr = run.training
-    calc = MicroBatchCalculator(
-        tr.global_batch_size, tr.micro_batch_size, run.data_parallel_size, tr.rampup_batch_size
+def _check_samples_left(ctx: TrainingContext, st: TrainState, plan: StepPlan, limit) -> None:
+    """Stop (saving first, with --save) before a step that would read past the training split."""
+    if limit is None or st.consumed_train_samples + plan.global_batch_size <= limit:
+        return
+    save_to = ctx.run.checkpoint.save
+    if save_to and ctx.rt.last_saved_iteration != st.iteration:
+        save(ctx, st)
+    first = st.consumed_train_samples
+    raise DataExhaustedError(
+        exhausted_message(plan.step, first, plan.global_batch_size, limit, st, bool(save_to))
     )
-    n_train = train_num_samples(run, calc)
+
+
+# ---- pretrain ------------------------------------------------------------------------------
+def _parse(argv, extra_args_provider, args_defaults, model_type: str = "gpt"):
+    """(the run's options, its step accounting, its training samples); a bad lr schedule or a
+    --load that does not fit the run fails here, before any heavy work."""
+    run = parse_args(argv, extra_args_provider, args_defaults, model_type=model_type)
+    resume.check_load(run)
+    acct = StepAccounting.from_run(run, model_type)
+    n_train = train_num_samples(run, acct)
     try:
-        schedule_spans(run, n_train)
+        schedule_spans(run, acct)
     except ValueError as exc:
         raise SystemExit(f"error: {exc}") from None
-    return run, calc, n_train
+    return run, acct, n_train
 
 
 def _build_loaders(ctx: TrainingContext, st: TrainState, datasets_provider, n_train, de_state):
@@ -575,14 +610,14 @@ def pretrain(
     Returns the final counters; pass a list as `history` to collect one dict per iteration.
     """
     setup_logging(dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0")))
-    run, calc, n_train = _parse(argv, extra_args_provider, args_defaults)
+    run, acct, n_train = _parse(argv, extra_args_provider, args_defaults, model_type)
     rt = initialize(run)
     script = _Script(datasets_provider, model_provider, forward_step, model_type)
     # From here on a collective that fails because a rank died is an error naming that rank.
     with report_lost_ranks(run.parallel.distributed_timeout_minutes) as liveness:
         lock = acquire_save_lock(run.checkpoint.save, rt.pstate.rank)
         try:
-            return _build_and_train(run, rt, calc, n_train, script, liveness, history)
+            return _build_and_train(run, rt, acct, n_train, script, liveness, history)
         finally:
             if lock is not None:
                 lock.release()
@@ -598,11 +633,11 @@ class _Script:
     model_type: str
 
 
-def _build_and_train(run, rt, calc, n_train, script: _Script, liveness, history) -> TrainState:
+def _build_and_train(run, rt, acct, n_train, script: _Script, liveness, history) -> TrainState:
     """Build the model, optimizer and data, load --load, train, evaluate, save."""
     if run.checkpoint.save and int(os.environ.get("LOCAL_RANK", "0")) == 0:
         ckpt.remove_stale_checkpoint_temporaries(run.checkpoint.save)  # left by killed saves
-    rt.data_efficiency = build_data_efficiency(run, script.model_type, rt.pstate)
+    rt.data_efficiency = build_data_efficiency(run, script.model_type, rt.pstate, acct.de.ds)
     model = build_model(script.model_provider, run, rt)
     optimizer = get_megatron_optimizer(run.optimizer, model, rt.pstate)
     vocab = unwrap_model(model[0]).vocab_size
@@ -612,8 +647,8 @@ def _build_and_train(run, rt, calc, n_train, script: _Script, liveness, history)
         forward_step=script.forward_step,
         model=model,
         optimizer=optimizer,
-        scheduler=build_scheduler(run, optimizer, n_train, rt.data_efficiency),
-        calc=calc,
+        scheduler=build_scheduler(run, optimizer, acct),
+        calc=acct.calc,
         sink=build_sinks(run.logging, rt.pstate.rank, run.to_plain_dict()),
         flops_per_token=flops_per_token(
             run.transformer, run.model.seq_length, vocab, script.model_type == "gpt"
@@ -629,7 +664,8 @@ def _build_and_train(run, rt, calc, n_train, script: _Script, liveness, history)
     if not run.training.skip_train:
         if train_loader is None:
             raise ValueError("no training samples: check --data-path and --split")
-        reason = train(ctx, st, train_loader, valid_loader, history)
+        limit = sample_limit(run, train_loader.dataset)
+        reason = train(ctx, st, train_loader, valid_loader, history, limit)
         if reason is not None and reason.startswith(JOB_GONE):
             raise JobGone(f"stopped at iteration {st.iteration}: {reason}")
         if run.checkpoint.save and reason is None and rt.last_saved_iteration != st.iteration:

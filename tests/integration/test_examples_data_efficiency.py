@@ -13,8 +13,7 @@ import pytest
 
 from megatron.core.deepspeed_config import load_deepspeed_config
 from megatron.training.arguments import parse_args
-from megatron.training.budget import schedule_spans, train_num_samples
-from megatron.training.microbatches import MicroBatchCalculator
+from megatron.training.budget import StepAccounting, schedule_spans
 
 EXAMPLES = "examples/data_efficiency"
 PAPER = {  # model -> (launcher, training script, {percent: (lr, CL steps, LTD steps)})
@@ -127,16 +126,13 @@ def test_paper_launcher_writes_the_table_config_and_a_valid_command(
     # the training command is what pretrain would accept on 32 processes
     script = PAPER[model][1]
     flags = argv[argv.index(script) + 1 :]
-    parsed = parse_args(flags, world_size=32, check_data_files=False)  # a dry run
+    parsed = parse_args(flags, world_size=32, check_data_files=False, model_type=model)  # dry run
     t = parsed.training
     assert parsed.optimizer.lr == pytest.approx(lr)
     assert parsed.data_efficiency.deepspeed_config == str(cfg_path)
     assert parsed.data_efficiency.random_ltd == ("ltd" in run)
     assert parsed.data_efficiency.data_efficiency_curriculum_learning == ("cl" in run)
-    calc = MicroBatchCalculator(
-        t.global_batch_size, t.micro_batch_size, parsed.data_parallel_size, t.rampup_batch_size
-    )
-    spans = schedule_spans(parsed, train_num_samples(parsed, calc))
+    spans = schedule_spans(parsed, StepAccounting.from_run(parsed, model))
     assert spans["decay_tokens"] == t.train_tokens
 
 

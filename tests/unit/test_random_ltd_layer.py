@@ -4,11 +4,13 @@ recomputation, evaluation, checkpoint interchange and token accounting."""
 import pytest
 import torch
 
+from megatron.core.deepspeed_config import load_deepspeed_config
 from megatron.core.models import BertModel, GPTModel
 from megatron.core.models.common import global_named_parameters
 from megatron.core.random_ltd.routing import RandomLTDState, check_random_ltd_config, kept_indices
-from megatron.core.random_ltd.schedule import effective_seq_length, keep_for_step
+from megatron.core.random_ltd.schedule import random_ltd_effective_seqlen
 from megatron.core.transformer import TransformerConfig, TransformerLayer
+from megatron.training.data_efficiency import DataEfficiency
 
 S, B, H = 12, 3, 32
 
@@ -186,13 +188,38 @@ def test_checkpoints_interchange_with_a_model_without_random_ltd():
     )
 
 
+def _loop_keep(lo, hi, require, per, seq=2048):
+    """K as the training loop computes it: `DataEfficiency.keep(step, length)`."""
+    ltd = {
+        "enabled": True,
+        "total_layer_num": 24,
+        "random_ltd_layer_id": list(range(1, 23)),
+        "random_ltd_schedule": {
+            "min_value": lo,
+            "max_value": hi,
+            "schedule_type": "fixed_linear",
+            "schedule_config": {"require_steps": require, "seq_per_step": per},
+        },
+    }
+    cfg = {
+        "data_efficiency": {"enabled": True, "data_routing": {"enabled": True, "random_ltd": ltd}}
+    }
+    return DataEfficiency(load_deepspeed_config(cfg), "gpt", seq, 24, False, False, 1, 0).keep
+
+
 def test_accounting_and_schedule():
-    assert effective_seq_length(2048, 1024, 24, 22) == (2048 * 2 + 1024 * 22) // 24
-    assert effective_seq_length(100, 200, 4, 2) == 100  # K above the (truncated) length counts S
-    assert keep_for_step(0, 128, 2048, 200, 16) == 128
-    assert keep_for_step(100, 128, 2048, 200, 16) == 1088
-    assert keep_for_step(10**6, 128, 2048, 200, 16) == 2048
-    assert keep_for_step(150, 128, 2048, 200, 16, seq_length=512) == 512  # curriculum truncation
+    """The K the training loop uses (DeepSpeed's formula at global_steps = iteration - 1, capped by
+    the current length). A second K schedule used to disagree with it (100 vs 96 at the first
+    step for min 100, 496 vs 500 at the end for max 500) and was the only one tested here."""
+    assert random_ltd_effective_seqlen(2048, 1024, 24, 22) == (2048 * 2 + 1024 * 22) // 24
+    keep = _loop_keep(128, 2048, 200, 16)
+    assert keep(1, 2048) == 128  # iteration 1 is DeepSpeed's global_steps 0
+    assert keep(101, 2048) == 1088
+    assert keep(10**6, 2048) == 2048
+    assert keep(151, 512) == 512  # capped by a curriculum-truncated length
+    odd = _loop_keep(100, 500, 1000, 16, seq=500)
+    assert odd(1, 500) == 96  # DeepSpeed rounds a min that is no multiple of seq_per_step down
+    assert odd(1001, 500) == 496 and odd(10**6, 500) == 500  # max only once g/T overshoots
     assert check_random_ltd_config(24, None, False) == tuple(range(1, 23))
     with pytest.raises(ValueError, match="sequence-parallel"):
         check_random_ltd_config(24, None, True)

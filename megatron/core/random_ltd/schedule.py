@@ -3,7 +3,9 @@
 `random_ltd_value`: the tokens kept by each dropping layer at DeepSpeed's `global_steps` g
 (completed optimizer steps, 0 during the first step):
 `k = floor(g / require_steps * (max - min) + min)`, `k -= k % seq_per_step`, `k = min(k, max)`,
-exactly DeepSpeed's fixed_linear random-LTD scheduler. The training loop uses this one.
+exactly DeepSpeed's fixed_linear random-LTD scheduler. `random_ltd_keep` is what the training loop
+uses at iteration k: `random_ltd_value` at g = k - 1, capped by the current sequence length (a
+curriculum may have shortened it). There is no other K schedule.
 
 All functions are pure functions of the step and the configuration.
 """
@@ -11,7 +13,6 @@ All functions are pure functions of the step and the configuration.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 from megatron.core.random_ltd.config import RandomLTDConfig, RandomLTDScheduleConfig
 
@@ -26,6 +27,14 @@ def random_ltd_value(schedule: RandomLTDScheduleConfig, global_steps: int) -> in
     value = math.floor(value * (schedule.max_value - schedule.min_value) + schedule.min_value)
     value -= value % sc.seq_per_step
     return min(value, schedule.max_value)
+
+
+def random_ltd_keep(schedule: RandomLTDScheduleConfig, step: int, length: int) -> int:
+    """Tokens each random-LTD layer keeps at training iteration `step` (1-based) of sequences of
+    `length` tokens: `random_ltd_value(schedule, step - 1)`, at most `length`."""
+    if step < 1:
+        raise ValueError(f"step is the 1-based training iteration, got {step}")
+    return min(random_ltd_value(schedule, step - 1), length)
 
 
 def random_ltd_effective_seqlen(
@@ -44,39 +53,3 @@ def random_ltd_layer_tokens(
     kept = random_ltd_value(config.random_ltd_schedule, global_steps)
     n, total = config.random_ltd_layer_num, config.total_layer_num
     return global_batch_size * (kept * n + config.random_ltd_schedule.max_value * (total - n))
-
-
-def effective_seq_length(seq_length: int, keep: int, num_layers: int, num_ltd_layers: int) -> int:
-    """Tokens per sample for accounting: (S * (L - n) + K * n) // L.
-
-    A layer that sees K tokens counts K/S of a full one; consumed tokens, the token budget and
-    token-based lr schedules use this length when random-LTD is on.
-    """
-    keep = min(keep, seq_length)
-    return (seq_length * (num_layers - num_ltd_layers) + keep * num_ltd_layers) // num_layers
-
-
-def keep_for_step(
-    step: int,
-    min_value: int,
-    max_value: int,
-    require_steps: int,
-    seq_per_step: int,
-    seq_length: Optional[int] = None,
-) -> int:
-    """K at a step for the fixed_linear random-LTD schedule, capped by the current length.
-
-    K grows linearly from min_value to max_value over require_steps steps, rounded down to a
-    multiple of seq_per_step (DeepSpeed's formula), and never exceeds the sequence length (a
-    curriculum may have truncated it).
-    """
-    if require_steps <= 0:
-        k = max_value
-    else:
-        frac = min(1.0, step / require_steps)
-        k = int(frac * (max_value - min_value)) + min_value
-        k -= k % seq_per_step if seq_per_step > 0 else 0
-        k = min(max(k, min_value), max_value)
-    if seq_length is not None:
-        k = min(k, seq_length)
-    return k
