@@ -432,6 +432,12 @@ class LoggingConfig:
     tensorboard_dir: Optional[str] = None
     """Write TensorBoard scalars here (needs the tensorboard package)."""
 
+    log_jsonl: Optional[str] = None
+    """Append every scalar the TensorBoard writer gets (losses, lr, schedules, the counters
+    consumed-samples / consumed-tokens / floating-point-operations / train-time-s, validation
+    losses) to this file as JSON lines {"step", "name", "value"} (global rank 0). A resumed run
+    appends; tools/plot_runs.py and tools/data_efficiency_study.py read it."""
+
     log_validation_ppl_to_tensorboard: bool = False
     """Also write validation perplexity."""
 

@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+import os
 import time
 from typing import Any, Dict, List, Optional
 
 from megatron.core.transformer.config import TransformerConfig
 
 logger = logging.getLogger(__name__)
+
+
+def _layer_flops_per_token(cfg: TransformerConfig, length: float, causal: bool) -> float:
+    """Forward FLOPs of one transformer layer per token of a sequence of `length` tokens."""
+    h, a, f = cfg.hidden_size, cfg.num_attention_heads * cfg.kv_channels, cfg.ffn_hidden_size
+    attn_span = length / 2 if causal else length
+    return (
+        2 * h * 3 * a
+        + 4 * attn_span * a
+        + 2 * a * h
+        + 2 * h * f * (2 if cfg.swiglu else 1)
+        + 2 * f * h
+    )
 
 
 def flops_per_token(
@@ -26,16 +41,29 @@ def flops_per_token(
     plus the logits 2 * h * V once per token. Activation recomputation is not counted (these are
     model FLOPs, the quantity MFU is defined on).
     """
-    h, a, f = cfg.hidden_size, cfg.num_attention_heads * cfg.kv_channels, cfg.ffn_hidden_size
-    attn_span = seq_length / 2 if causal else seq_length
-    per_layer = (
-        2 * h * 3 * a
-        + 4 * attn_span * a
-        + 2 * a * h
-        + 2 * h * f * (2 if cfg.swiglu else 1)
-        + 2 * f * h
-    )
-    return 3.0 * (cfg.num_layers * per_layer + 2 * h * vocab_size)
+    per_layer = _layer_flops_per_token(cfg, seq_length, causal)
+    return 3.0 * (cfg.num_layers * per_layer + 2 * cfg.hidden_size * vocab_size)
+
+
+def step_flops(
+    cfg: TransformerConfig,
+    vocab_size: int,
+    causal: bool,
+    rows: int,
+    length: int,
+    keep: Optional[int] = None,
+    dropping_layers: int = 0,
+) -> float:
+    """Model FLOPs (forward + backward) of `rows` sequences of `length` tokens, `flops_per_token`'s
+    terms counted at the length each layer really processes: with random-LTD, the
+    `dropping_layers` layers attend over and transform only `keep` tokens of each row; the other
+    layers and the logits see all `length`. (A curriculum's truncated length is `length`.)"""
+    full = cfg.num_layers - (dropping_layers if keep is not None else 0)
+    per_row = full * length * _layer_flops_per_token(cfg, length, causal)
+    if keep is not None and dropping_layers:
+        per_row += dropping_layers * keep * _layer_flops_per_token(cfg, keep, causal)
+    per_row += length * 2 * cfg.hidden_size * vocab_size
+    return 3.0 * rows * per_row
 
 
 class Timer:
@@ -97,6 +125,30 @@ class WandbSink(MetricSink):
         self.wandb.log({name: value}, step=step)
 
 
+class JsonlSink(MetricSink):
+    """Appends every scalar as one JSON line `{"step": N, "name": ..., "value": ...}` to a file.
+
+    The file is opened in append mode, so a resumed run adds to the lines of the runs before it;
+    steps a crashed run logged after its last checkpoint are logged again by the resumed run, and
+    readers keep the last value of a (name, step) pair (`megatron.training.study.runlog`).
+    Non-finite values are written as null.
+    """
+
+    def __init__(self, path: str):
+        folder = os.path.dirname(os.path.abspath(path))
+        os.makedirs(folder, exist_ok=True)
+        self.path = path
+        self._file = open(path, "a", encoding="utf-8")
+
+    def scalar(self, name, value, step):
+        value = float(value)
+        row = {"step": int(step), "name": name, "value": value if math.isfinite(value) else None}
+        self._file.write(json.dumps(row) + "\n")
+
+    def flush(self):
+        self._file.flush()
+
+
 class MultiSink(MetricSink):
     def __init__(self, sinks: List[MetricSink]):
         self.sinks = sinks
@@ -111,12 +163,14 @@ class MultiSink(MetricSink):
 
 
 def build_sinks(logging_cfg, rank: int, config_dict: Dict) -> MetricSink:
-    """TensorBoard / W&B sinks on global rank 0 (a null sink elsewhere)."""
+    """TensorBoard / JSON-lines / W&B sinks on global rank 0 (a null sink elsewhere)."""
     if rank != 0:
         return MetricSink()
     sinks: List[MetricSink] = []
     if logging_cfg.tensorboard_dir:
         sinks.append(TensorBoardSink(logging_cfg.tensorboard_dir))
+    if logging_cfg.log_jsonl:
+        sinks.append(JsonlSink(logging_cfg.log_jsonl))
     if logging_cfg.wandb_project:
         sinks.append(
             WandbSink(
@@ -150,6 +204,22 @@ def format_iteration_line(
     return " | ".join(parts) + " |"
 
 
+COUNTERS = {
+    "consumed-samples": "consumed_train_samples",
+    "consumed-tokens": "consumed_train_tokens",
+    "floating-point-operations": "floating_point_operations_so_far",
+    "train-time-s": "train_time_s",
+}
+"""Scalar name -> training counter, sent to the sinks at every log line and every evaluation so
+that a loss at step N can be placed against tokens, model FLOPs and training wall-clock."""
+
+
+def send_counters(sink: MetricSink, state: Any) -> None:
+    """Send the training counters of `state` (a TrainState) at its iteration (`COUNTERS`)."""
+    for name, attr in COUNTERS.items():
+        sink.scalar(name, float(getattr(state, attr)), state.iteration)
+
+
 class IterationLogger:
     """The iteration line and the per-iteration scalars of the training loop.
 
@@ -158,8 +228,7 @@ class IterationLogger:
     and the run's state, and sends the scalars to the sink.
 
     Args:
-        sink: where scalars go (TensorBoard / W&B / none).
-        flops_per_token: model FLOPs per token (for TFLOP/s).
+        sink: where scalars go (TensorBoard / JSON lines / W&B / none).
         world_size: ranks of the run (TFLOP/s per rank).
         train_iters: --train-iters (the "N/ M" of the line; None when the budget is not in
             iterations).
@@ -168,23 +237,24 @@ class IterationLogger:
     def __init__(
         self,
         sink: MetricSink,
-        flops_per_token: float,
         world_size: int,
         train_iters: Optional[int],
     ):
-        self.sink, self.flops_per_token = sink, flops_per_token
+        self.sink = sink
         self.world_size, self.train_iters = max(world_size, 1), train_iters
         self.timer = Timer()
         self._reset()
 
     def _reset(self) -> None:
-        self.iterations, self.tokens = 0, 0
+        self.iterations, self.tokens, self.flops = 0, 0, 0.0
         self.reports: Dict[str, float] = {}
 
-    def record(self, report: Dict[str, float], tokens: int) -> None:
-        """Add one iteration's averaged reports and consumed tokens to the interval."""
+    def record(self, report: Dict[str, float], tokens: int, flops: float) -> None:
+        """Add one iteration's averaged reports, consumed tokens and model FLOPs (`step_flops`)
+        to the interval."""
         self.iterations += 1
         self.tokens += tokens
+        self.flops += flops
         for k, v in report.items():
             self.reports[k] = self.reports.get(k, 0.0) + v
 
@@ -208,7 +278,9 @@ class IterationLogger:
             "consumed tokens": state.consumed_train_tokens,
             "elapsed time per iteration (ms)": elapsed * 1000.0 / n,
             "throughput (tokens/s)": rate,
-            "TFLOP/s per rank": self.flops_per_token * rate / 1e12 / self.world_size,
+            "TFLOP/s per rank": (self.flops / elapsed if elapsed > 0 else 0.0)
+            / 1e12
+            / self.world_size,
             "learning rate": lr,
             "global batch size": gbs,
         }
@@ -223,5 +295,6 @@ class IterationLogger:
         fields["number of skipped iterations"] = state.skipped_iterations
         fields["number of nan iterations"] = state.nan_iterations
         sink.scalar("learning-rate", lr, step)
+        send_counters(sink, state)
         logger.info(format_iteration_line(fields, step, self.train_iters))
         self._reset()

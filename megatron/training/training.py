@@ -46,7 +46,7 @@ from .data_samplers import CyclicSampler, PretrainingSampler
 from .initialize import Runtime, initialize, setup_logging
 from .liveness import JobGone, PeerLiveness, report_lost_ranks
 from .lr_scheduler import OptimizerParamScheduler
-from .metrics import IterationLogger, MetricSink, build_sinks, flops_per_token
+from .metrics import IterationLogger, MetricSink, build_sinks, send_counters, step_flops
 from .microbatches import MicroBatchCalculator
 from .save_lock import acquire_save_lock
 
@@ -70,6 +70,9 @@ class TrainState:
     skipped_iterations: int = 0
     nan_iterations: int = 0
     floating_point_operations_so_far: float = 0.0
+    train_time_s: float = 0.0
+    """Wall-clock seconds spent in training steps (data, forward, backward, optimizer; not
+    evaluation or checkpointing), summed over the runs of a resumed training."""
 
 
 @dataclasses.dataclass
@@ -100,8 +103,11 @@ class TrainingContext:
     sink: MetricSink
     """Where scalars go (TensorBoard / W&B / none)."""
 
-    flops_per_token: float
-    """Model FLOPs per trained token (throughput figures)."""
+    vocab_size: int
+    """The model's (padded) vocabulary: the logits' width, for FLOP counts."""
+
+    causal: bool
+    """GPT (causal attention, half the score FLOPs) or BERT, for FLOP counts."""
 
     liveness: Optional[PeerLiveness] = None
     """Heartbeats and the watch on the job (None in a single process not run by torchrun)."""
@@ -156,6 +162,10 @@ class StepPlan:
     layer_tokens: int
     """Layer-tokens of the step (the random-LTD lr schedule's clock); measured like `tokens`."""
 
+    flops: float
+    """Model FLOPs of the step (`metrics.step_flops`: the curriculum's length, random-LTD's kept
+    tokens in its layers); scaled by the measured tokens where those depend on the data."""
+
 
 def plan_step(ctx: TrainingContext, st: TrainState) -> StepPlan:
     """The plan of the step after `st.iteration`."""
@@ -163,13 +173,24 @@ def plan_step(ctx: TrainingContext, st: TrainState) -> StepPlan:
     gbs = ctx.calc.global_batch_at(st.consumed_train_samples)
     de = ctx.rt.data_efficiency
     tokens, layer_tokens = de.step_counts(step, gbs, mbs)
+    rows, length = de.batch_shape(step, mbs)
+    flops = step_flops(
+        ctx.run.transformer,
+        ctx.vocab_size,
+        ctx.causal,
+        gbs // mbs * rows,
+        length,
+        de.keep(step, length),
+        len(de.ltd_layers) if de.ltd is not None else 0,
+    )
     return StepPlan(
         step=step,
         global_batch_size=gbs,
         num_microbatches=gbs // ctx.calc.unit,
-        shape=de.batch_shape(step, mbs),
+        shape=(rows, length),
         tokens=tokens,
         layer_tokens=layer_tokens,
+        flops=flops,
     )
 
 
@@ -283,7 +304,8 @@ def train_step(ctx: TrainingContext, data_iterator, plan: StepPlan, counts=None)
     report = _average_reports(reports, ctx.rt.pstate)  # the same values on every rank
     if counts is not None:  # the same totals on every rank
         tokens, layer_tokens = ctx.rt.data_efficiency.measured(counts, ctx.rt.pstate.dp_group)
-        plan = dataclasses.replace(plan, tokens=tokens, layer_tokens=layer_tokens)
+        flops = plan.flops * tokens / max(plan.tokens, 1)
+        plan = dataclasses.replace(plan, tokens=tokens, layer_tokens=layer_tokens, flops=flops)
     check = ctx.run.training.check_for_nan_in_loss_and_grad
     bad = {k: v for k, v in report.items() if not math.isfinite(v)}
     if check and bad:
@@ -347,6 +369,7 @@ def _run_evaluation(ctx: TrainingContext, st: TrainState, loader, label: str = "
             parts.append(f"{k} PPL: {ppl:.6E}")
             if run.logging.log_validation_ppl_to_tensorboard:
                 sink.scalar(f"{k} {label} ppl", ppl, st.iteration)
+    send_counters(sink, st)
     line = f" {label} loss at iteration {st.iteration} | " + " | ".join(parts)
     logger.info("-" * len(line) + "\n" + line + "\n" + "-" * len(line))
     return results
@@ -423,12 +446,13 @@ def save(ctx: TrainingContext, st: TrainState) -> None:
     ckpt.save_checkpoint(ck.save, content, rt.pstate)
 
 
-def _count(st: TrainState, plan: StepPlan, report: Dict[str, float], ok: bool, flops: float):
-    """Advance the counters by one step."""
+def _count(st: TrainState, plan: StepPlan, report: Dict[str, float], ok: bool, seconds: float):
+    """Advance the counters by one step that took `seconds`."""
     st.iteration += 1
     st.consumed_train_samples += plan.global_batch_size
     st.consumed_train_tokens += plan.tokens
-    st.floating_point_operations_so_far += flops * plan.tokens
+    st.floating_point_operations_so_far += plan.flops
+    st.train_time_s += seconds
     if not ok:
         st.skipped_iterations += 1
     if any(not math.isfinite(v) for v in report.values()):
@@ -495,18 +519,19 @@ def train(
     for m in ctx.model:
         m.train()
     data_iter = iter(train_loader)
-    log = IterationLogger(ctx.sink, ctx.flops_per_token, run.world_size, run.training.train_iters)
+    log = IterationLogger(ctx.sink, run.world_size, run.training.train_iters)
     try:
         while not _budget_done(run, st):
             plan = plan_step(ctx, st)
             _check_samples_left(ctx, st, plan, samples_available)
             counts = [] if de.tokens_depend_on_data else None
             step_iter = de.step_iterator(data_iter, plan.step, plan.num_microbatches, counts=counts)
+            step_start = time.perf_counter()
             log.timer.start()
             report, ok, grad_norm, plan = train_step(ctx, step_iter, plan, counts)
             log.timer.stop()
-            _count(st, plan, report, ok, ctx.flops_per_token)
-            log.record(report, plan.tokens)
+            _count(st, plan, report, ok, time.perf_counter() - step_start)
+            log.record(report, plan.tokens, plan.flops)
             fields = de.log_fields(plan.step, mbs)
             if history is not None:
                 history.append(
@@ -650,9 +675,8 @@ def _build_and_train(run, rt, acct, n_train, script: _Script, liveness, history)
         scheduler=build_scheduler(run, optimizer, acct),
         calc=acct.calc,
         sink=build_sinks(run.logging, rt.pstate.rank, run.to_plain_dict()),
-        flops_per_token=flops_per_token(
-            run.transformer, run.model.seq_length, vocab, script.model_type == "gpt"
-        ),
+        vocab_size=vocab,
+        causal=script.model_type == "gpt",
         liveness=liveness,
     )
     st = TrainState()
