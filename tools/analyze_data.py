@@ -128,6 +128,11 @@ def _add_data_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--global-batch-size", type=int)
     g.add_argument("--train-data-exact-num-epochs", type=int)
     g.add_argument("--data-cache-path", help="index cache folder, as in training")
+    g.add_argument(
+        "--legacy-split-and-blend",
+        action="store_true",
+        help="the legacy --split rounding and blend order, as in training",
+    )
     g = p.add_argument_group("tokenizer (vocabulary size; BERT special ids)")
     g.add_argument("--tokenizer-type")
     g.add_argument("--vocab-file")
@@ -194,6 +199,7 @@ def build_dataset(args, is_built_on_rank=None, synchronize=None):
         split=args.split,
         path_to_cache=args.data_cache_path,
         train_data_exact_num_epochs=args.train_data_exact_num_epochs,
+        legacy_split_and_blend=args.legacy_split_and_blend,
     )
     if args.dataset_type == "GPT":
         from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig

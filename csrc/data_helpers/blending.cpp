@@ -1,7 +1,9 @@
-// Blending index builder: which dataset (and which of its samples) each sample of a weighted blend
-// comes from. The pure-Python reference is megatron/core/datasets/helpers.py
-// (build_blending_indices_reference); tests/unit/test_dataset_helpers.py checks that both agree
-// exactly.
+// Blending index builders: which dataset (and which of its samples) each sample of a weighted blend
+// comes from. Two rules: megatron-core's largest error (the default of the blend builder) and the
+// earliest deadline (--legacy-split-and-blend). The pure-Python references are in
+// megatron/core/datasets/helpers.py (build_blending_indices_reference,
+// build_blending_indices_largest_error_reference); tests/unit/test_dataset_helpers.py checks that
+// each pair agrees exactly.
 #include <pybind11/numpy.h>
 
 #include <cmath>
@@ -56,6 +58,32 @@ void fill_blending_indices(const double* weights, int64_t num_datasets, int64_t 
   }
 }
 
+// megatron-core's rule: sample i (0-based) goes to the dataset with the largest error
+// weights[d] * max(i, 1) - count[d] (the first one on ties). The weights are used as given (the
+// caller normalises them, as megatron-core's BlendedDataset does), so that the decisions are
+// those of megatron-core bit for bit.
+void fill_largest_error_indices(const double* weights, int64_t num_datasets, int64_t size,
+                                int16_t* dataset_index, int64_t* dataset_sample_index) {
+  std::vector<int64_t> counts(num_datasets, 0);
+  for (int64_t i = 0; i < size; ++i) {
+    const double n = std::max(static_cast<double>(i), 1.0);
+    int64_t best = 0;
+    volatile double best_target = weights[0] * n;  // no fused multiply-add (see above)
+    double best_error = best_target - static_cast<double>(counts[0]);
+    for (int64_t d = 1; d < num_datasets; ++d) {
+      volatile double target = weights[d] * n;
+      const double error = target - static_cast<double>(counts[d]);
+      if (error > best_error) {
+        best_error = error;
+        best = d;
+      }
+    }
+    dataset_index[i] = static_cast<int16_t>(best);
+    dataset_sample_index[i] = counts[best];
+    ++counts[best];
+  }
+}
+
 py::tuple build_blending_indices(const WeightsArray& weights, int64_t size) {
   if (weights.ndim() != 1 || weights.shape(0) == 0) {
     throw py::value_error("build_blending_indices: weights must be a non-empty 1-D array");
@@ -95,6 +123,37 @@ py::tuple build_blending_indices(const WeightsArray& weights, int64_t size) {
   return py::make_tuple(dataset_index, dataset_sample_index);
 }
 
+py::tuple build_blending_indices_largest_error(const WeightsArray& weights, int64_t size) {
+  if (weights.ndim() != 1 || weights.shape(0) == 0) {
+    throw py::value_error("build_blending_indices_largest_error: weights must be a non-empty 1-D array");
+  }
+  const int64_t num_datasets = weights.shape(0);
+  if (num_datasets > std::numeric_limits<int16_t>::max()) {
+    throw py::value_error("build_blending_indices_largest_error: " + std::to_string(num_datasets) +
+                          " datasets exceed the int16 dataset index (at most 32767)");
+  }
+  if (size < 0) {
+    throw py::value_error("build_blending_indices_largest_error: size must be >= 0, got " +
+                          std::to_string(size));
+  }
+  const double* w = weights.data();
+  for (int64_t d = 0; d < num_datasets; ++d) {
+    if (!std::isfinite(w[d]) || w[d] < 0) {
+      throw py::value_error("build_blending_indices_largest_error: weights[" + std::to_string(d) +
+                            "] = " + std::to_string(w[d]) + " is not a finite non-negative number");
+    }
+  }
+  py::array_t<int16_t> dataset_index(size);
+  py::array_t<int64_t> dataset_sample_index(size);
+  int16_t* index_ptr = dataset_index.mutable_data();
+  int64_t* sample_ptr = dataset_sample_index.mutable_data();
+  {
+    py::gil_scoped_release release;
+    fill_largest_error_indices(w, num_datasets, size, index_ptr, sample_ptr);
+  }
+  return py::make_tuple(dataset_index, dataset_sample_index);
+}
+
 }  // namespace
 
 void register_blending_helpers(py::module_& m) {
@@ -104,4 +163,9 @@ void register_blending_helpers(py::module_& m) {
         "with weights[d] * n - count[d] >= delta = 1/(2(D-1)), whose next sample is due first "
         "((count[d] + 1 - delta) / weights[d], first on ties); every prefix stays within one "
         "sample of its target share. dataset_sample_index[i] is count[d] before the increment.");
+  m.def("build_blending_indices_largest_error", &build_blending_indices_largest_error,
+        py::arg("weights"), py::arg("size"),
+        "(dataset_index int16[size], dataset_sample_index int64[size]) by megatron-core's rule.\n\n"
+        "Sample i (0-based) comes from the dataset with the largest weights[d] * max(i, 1) - "
+        "count[d] (first on ties); the weights are used as given (normalise them first).");
 }

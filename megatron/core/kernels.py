@@ -101,6 +101,7 @@ DATASET_HELPERS = Extension(
     symbols=(
         "build_sample_idx",
         "build_blending_indices",
+        "build_blending_indices_largest_error",
         "build_mapping",
         "token_table_sums",
         "token_bincount",

@@ -418,6 +418,11 @@ class DataConfig:
     return_data_index: bool = False
     """Samples carry their dataset index."""
 
+    legacy_split_and_blend: bool = False
+    """Split --data-path by Megatron-LM's legacy rounding and interleave blends by the earliest
+    deadline (this project's earlier rules); by default megatron-core's rules give
+    megatron-core's samples (see megatron/core/datasets/readme.md)."""
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.mask_prob < 1.0:
             raise ValueError(f"--mask-prob must be in [0, 1), got {self.mask_prob}")

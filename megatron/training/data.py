@@ -35,6 +35,7 @@ def core_dataset_kwargs(run: RunConfig) -> Dict[str, Any]:
         path_to_cache=d.data_cache_path,
         return_data_index=d.return_data_index,
         train_data_exact_num_epochs=d.train_data_exact_num_epochs,
+        legacy_split_and_blend=d.legacy_split_and_blend,
     )
 
 

@@ -72,19 +72,25 @@ def test_parse_split_errors(text):
         parse_split(text)
 
 
-def test_split_documents_matches_megatron_rounding():
+def test_split_documents_matches_megatron_core_rounding():
     assert split_documents(10, parse_split("969,30,1")) == [(0, 10), (10, 10), (10, 10)]
     assert split_documents(100, parse_split("98,2,0")) == [(0, 98), (98, 100), (100, 100)]
-    # 10/3 rounds to 3 per split; the missing document shifts every boundary after the first.
-    assert split_documents(10, parse_split("1,1,1")) == [(0, 4), (4, 7), (7, 10)]
+    # round(c * n) of the cumulative fractions 1/3, 2/3: 3.33 -> 3, 6.67 -> 7
+    assert split_documents(10, parse_split("1,1,1")) == [(0, 3), (3, 7), (7, 10)]
     assert split_documents(1000, parse_split("969,30,1")) == [(0, 969), (969, 999), (999, 1000)]
     assert split_documents(0, parse_split("1,1,1")) == [(0, 0), (0, 0), (0, 0)]
+    # the issue's example: megatron-core 0.16's train is [0, 255), the legacy rule's [0, 256)
+    assert split_documents(269, parse_split("949,50,1"))[0] == (0, 255)
+    assert split_documents(269, parse_split("949,50,1"), legacy=True)[0] == (0, 256)
+    # the legacy rule: 10/3 rounds to 3 per split; the missing document shifts every boundary
+    assert split_documents(10, parse_split("1,1,1"), legacy=True) == [(0, 4), (4, 7), (7, 10)]
     for n in range(0, 60):
         for text in ("969,30,1", "1,1,1", "90/5/5", "7,2,1"):
-            ranges = split_documents(n, parse_split(text))
-            assert ranges[0][0] == 0 and ranges[-1][1] == n
-            assert all(a <= b for a, b in ranges)
-            assert all(ranges[i][1] == ranges[i + 1][0] for i in range(2))
+            for legacy in (False, True):
+                ranges = split_documents(n, parse_split(text), legacy=legacy)
+                assert ranges[0][0] == 0 and ranges[-1][1] == n
+                assert all(a <= b for a, b in ranges)
+                assert all(ranges[i][1] == ranges[i + 1][0] for i in range(2))
 
 
 def test_single_prefix_is_split_by_documents(tmp_path):
@@ -129,12 +135,18 @@ def test_weighted_blend_oversamples_members(tmp_path):
     assert item["text"].shape == (9,)
 
 
-def test_equal_weights_for_several_prefixes(tmp_path):
+def test_unweighted_prefixes_weigh_their_one_epoch_lengths(tmp_path):
     a = write_dataset(tmp_path / "a", 0, 40)
     b = write_dataset(tmp_path / "b", 1, 40)
     cfg = config(tmp_path, blend=([a, b], None), split="1")
     train, valid, test = build_train_valid_test_datasets(GPTDataset, [30, 0, 0], cfg)
-    assert train.weights == [0.5, 0.5] and valid is None and test is None
+    lengths = [len(m) for m in train.datasets]
+    assert [m.num_samples for m in train.datasets] == [None, None]  # one epoch each
+    assert train.weights == [n / sum(lengths) for n in lengths] and len(train) == 30
+    assert valid is None and test is None
+    cfg = config(tmp_path, blend=([a, b], None), split="1", legacy_split_and_blend=True)
+    train, _, _ = build_train_valid_test_datasets(GPTDataset, [30, 0, 0], cfg)
+    assert train.weights == [0.5, 0.5]  # the legacy rule: equal weights
 
 
 def test_blend_per_split_uses_whole_datasets(tmp_path):

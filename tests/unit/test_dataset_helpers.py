@@ -185,3 +185,27 @@ def test_fallback_warns_once_and_matches(without_cpp, caplog):
     assert len(b[0]) == 20
     with pytest.raises(ImportError, match="build_ext"):
         helpers.build_sample_idx(sizes, doc_idx, 3, 1, 16, backend="kernel")
+
+
+@needs_cpp
+def test_largest_error_blending_parity():
+    for weights, size in blend_cases():
+        ref = assert_parity(helpers.build_blending_indices_largest_error, np.array(weights), size)
+        assert ref[0].dtype == np.int16 and ref[1].dtype == np.int64
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+def test_largest_error_blending_is_megatron_cores_rule(backend):
+    # 0.3 / 0.7: sample 0 and 1 both see max(i, 1) = 1 -> errors 0.3, 0.7 -> dataset 1, then
+    # 0.3 vs -0.3 -> dataset 0; each member is read in order
+    index, sample_index = helpers.build_blending_indices_largest_error(
+        np.array([0.3, 0.7]), 6, backend=backend
+    )
+    assert index.tolist() == [1, 0, 1, 1, 0, 1]
+    assert sample_index.tolist() == [0, 0, 1, 2, 1, 3]
+    index, _ = helpers.build_blending_indices_largest_error(
+        np.array([0.5, 0.5]), 4, backend=backend
+    )
+    assert index.tolist() == [0, 1, 0, 1]  # ties go to the first dataset
+    with pytest.raises(ValueError, match="weights"):
+        helpers.build_blending_indices_largest_error(np.array([0.5, -0.5]), 4, backend=backend)

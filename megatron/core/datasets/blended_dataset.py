@@ -1,10 +1,11 @@
 """Weighted blend of several datasets (`--data-path 0.3 a 0.7 b`).
 
 Sample i of the blend is sample dataset_sample_index[i] of dataset dataset_index[i]; both arrays
-come from `helpers.build_blending_indices` (each sample goes to the eligible dataset whose next
-sample is due first), so every prefix of n samples holds within one sample of weight * n for
-every dataset, and each dataset is read in its own (already shuffled) order. The two arrays are
-cached like the GPT indices (utils.IndexCache).
+come from `helpers.build_blending_indices_largest_error` (megatron-core's order: each sample goes
+to the dataset furthest behind its share), or with `config.legacy_split_and_blend` from
+`helpers.build_blending_indices` (the eligible dataset whose next sample is due first: every
+prefix of n samples holds within one sample of weight * n). Each dataset is read in its own
+(already shuffled) order. The two arrays are cached like the GPT indices (utils.IndexCache).
 """
 
 from __future__ import annotations
@@ -22,15 +23,21 @@ from megatron.core.datasets.utils import IndexCache, default_cache_dir, load_or_
 logger = logging.getLogger(__name__)
 
 
-def normalize_weights(weights: Sequence[float], num_datasets: int) -> List[float]:
-    """Weights divided by their sum, after checking count, sign and sum."""
+def normalize_weights(
+    weights: Sequence[float], num_datasets: int, exact_numpy: bool = False
+) -> List[float]:
+    """Weights divided by their sum, after checking count, sign and sum.
+
+    exact_numpy: sum them as numpy does (megatron-core's `normalize`), so that the quotients are
+    megatron-core's bit for bit (Python's `sum` rounds differently from 8 weights on).
+    """
     weights = [float(w) for w in weights]
     if len(weights) != num_datasets:
         raise ValueError(f"{len(weights)} weights given for {num_datasets} datasets")
     bad = [w for w in weights if not np.isfinite(w) or w < 0]
     if bad:
         raise ValueError(f"blend weights must be finite and >= 0, got {weights}")
-    total = sum(weights)
+    total = float(np.sum(np.array(weights, dtype=np.float64))) if exact_numpy else sum(weights)
     if total <= 0:
         raise ValueError(f"blend weights must not all be 0, got {weights}")
     return [w / total for w in weights]
@@ -84,7 +91,8 @@ class BlendedDataset:
         if int(size) < 0:
             raise ValueError(f"BlendedDataset size must be >= 0, got {size}")
         self.datasets = list(datasets)
-        self.weights = normalize_weights(weights, len(self.datasets))
+        self.legacy = bool(getattr(config, "legacy_split_and_blend", False))
+        self.weights = normalize_weights(weights, len(self.datasets), exact_numpy=not self.legacy)
         self.size = int(size)
         self.config = config
         splits = {getattr(d, "index_split", None) for d in self.datasets}
@@ -95,6 +103,8 @@ class BlendedDataset:
             "weights": self.weights,
             "size": self.size,
         }
+        if not self.legacy:  # legacy caches keep their names
+            self.unique_description["order"] = "largest-error"
         self.unique_description_hash = md5_of_json(self.unique_description)
         first_path = getattr(self.datasets[0], "dataset_path", None)
         folder = config.path_to_cache or default_cache_dir(first_path, type(self).__name__)
@@ -128,7 +138,12 @@ class BlendedDataset:
             raise ValueError("dataset_sample_index holds sample ids past their member's length")
 
     def _build_indices(self) -> Dict[str, np.ndarray]:
-        dataset_index, dataset_sample_index = helpers.build_blending_indices(
+        build = (
+            helpers.build_blending_indices
+            if self.legacy
+            else helpers.build_blending_indices_largest_error
+        )
+        dataset_index, dataset_sample_index = build(
             np.asarray(self.weights, dtype=np.float64), self.size
         )
         counts = np.bincount(dataset_index, minlength=len(self.datasets))
@@ -137,8 +152,8 @@ class BlendedDataset:
                 raise ValueError(
                     f"the blend draws {count} samples from dataset {d} "
                     f"({getattr(dataset, 'dataset_path', type(dataset).__name__)}) which holds "
-                    f"only {len(dataset)}; build it with more samples (Megatron oversamples "
-                    "each member by 0.5%: ceil(weight * size * 1.005))"
+                    f"only {len(dataset)}; build it with more samples (the builder oversamples "
+                    "each member by 0.5%: ceil(ceil(weight * size) * 1.005))"
                 )
         shares = ", ".join(
             f"{w:.4f}->{c / max(self.size, 1):.4f}" for w, c in zip(self.weights, counts)

@@ -2,9 +2,14 @@
 
 - One prefix: its documents are split into contiguous train / valid / test ranges by `split`.
 - Several weighted prefixes: each is split the same way, each split of each prefix becomes a
-  dataset of ceil(weight * N * 1.005) samples (Megatron's 0.5% oversampling, so the blend never
-  runs a member dry), and a `BlendedDataset` of N samples mixes them.
+  dataset of ceil(ceil(weight * N) * 1.005) samples (megatron-core's 0.5% surplus, so the blend
+  never runs a member dry), and a `BlendedDataset` of N samples mixes them. Without weights each
+  member holds one epoch and weighs its length; the blend holds min(N, their sum) samples.
 - `blend_per_split`: each split comes whole from its own blend (no splitting).
+
+These are megatron-core 0.16's rules (the same flags give the same samples);
+`DatasetConfig.legacy_split_and_blend` selects this project's earlier ones instead (see
+`split_documents_legacy`, `helpers.build_blending_indices` and datasets/readme.md).
 
 The dataset class is a parameter: any class with GPTDataset's constructor
 `(indexed_dataset, dataset_path, indexed_indices, num_samples, index_split, config)`. It may
@@ -108,8 +113,28 @@ def parse_split(split: str) -> List[float]:
     return [v / total for v in values]
 
 
-def split_documents(num_docs: int, fractions: Sequence[float]) -> List[Tuple[int, int]]:
-    """[start, end) document ranges of train / valid / test (Megatron's rounding).
+def split_documents(
+    num_docs: int, fractions: Sequence[float], legacy: bool = False
+) -> List[Tuple[int, int]]:
+    """[start, end) document ranges of train / valid / test.
+
+    megatron-core's rule (0.16, `_build_megatron_dataset_splits`): with the cumulative fractions
+    0 = c0 <= c1 <= c2 <= c3 (summed left to right), split i is
+    [int(round(c_i * n)), int(round(c_{i+1} * n))) (Python's round, half to even).
+    `legacy=True`: `split_documents_legacy`.
+    """
+    if legacy:
+        return split_documents_legacy(num_docs, fractions)
+    bounds = [0.0]
+    for fraction in fractions:
+        bounds.append(bounds[-1] + float(fraction))
+    ends = [int(round(b * float(num_docs))) for b in bounds]
+    return [(ends[i], ends[i + 1]) for i in range(len(fractions))]
+
+
+def split_documents_legacy(num_docs: int, fractions: Sequence[float]) -> List[Tuple[int, int]]:
+    """[start, end) document ranges by Megatron-LM's legacy rounding (Megatron-DeepSpeed's
+    `get_train_valid_test_split_`; --legacy-split-and-blend).
 
     Boundaries are cumulative sums of round(fraction * num_docs); the rounding error is then
     subtracted from every boundary after the first so that the last one is num_docs.
@@ -164,7 +189,8 @@ def _blend_split(dataset_cls, prefixes, weights, ranges, num_samples, split, con
     """The dataset of one split from one or more prefixes (ranges: (start, end, total) each)."""
     if num_samples == 0:
         return None
-    if len(prefixes) == 1:
+    legacy = config.legacy_split_and_blend
+    if len(prefixes) == 1 and (legacy or weights is None):
         indexed = _open(dataset_cls, prefixes[0], config, opened)
         return _member_dataset(
             dataset_cls, indexed, prefixes[0], ranges[0], num_samples, split, config
@@ -174,10 +200,16 @@ def _blend_split(dataset_cls, prefixes, weights, ranges, num_samples, split, con
             f"a blend of {len(prefixes)} datasets needs a number of {split} samples "
             "(got None); pass it in num_samples_per_split"
         )
-    weights = normalize_weights(weights or [1.0] * len(prefixes), len(prefixes))
+    if not legacy and weights is None:
+        return _blend_by_length(dataset_cls, prefixes, ranges, num_samples, split, config, opened)
+    if legacy:
+        weights = normalize_weights(weights or [1.0] * len(prefixes), len(prefixes))
+        sizes = [int(math.ceil(w * num_samples * OVERSAMPLING)) for w in weights]
+    else:  # megatron-core: the share's ceiling, then the surplus
+        weights = normalize_weights(weights, len(prefixes), exact_numpy=True)
+        sizes = [int(math.ceil(math.ceil(num_samples * w) * OVERSAMPLING)) for w in weights]
     members = []
-    for prefix, weight, doc_range in zip(prefixes, weights, ranges):
-        member_samples = int(math.ceil(weight * num_samples * OVERSAMPLING))
+    for prefix, member_samples, doc_range in zip(prefixes, sizes, ranges):
         indexed = _open(dataset_cls, prefix, config, opened)
         members.append(
             _member_dataset(dataset_cls, indexed, prefix, doc_range, member_samples, split, config)
@@ -186,6 +218,34 @@ def _blend_split(dataset_cls, prefixes, weights, ranges, num_samples, split, con
         )
     kept = [(m, w) for m, w in zip(members, weights) if m is not None]
     return BlendedDataset([m for m, _ in kept], [w for _, w in kept], num_samples, config)
+
+
+def _blend_by_length(dataset_cls, prefixes, ranges, num_samples, split, config, opened):
+    """megatron-core's blend without weights: one epoch of each member, weighted by its length,
+    min(num_samples, their total) samples."""
+    members = []
+    for prefix, doc_range in zip(prefixes, ranges):
+        indexed = _open(dataset_cls, prefix, config, opened)
+        member = _member_dataset(dataset_cls, indexed, prefix, doc_range, None, split, config)
+        if member is not None and len(member) > 0:
+            members.append(member)
+    lengths = [len(m) for m in members]
+    if not members:
+        raise ValueError(
+            f"the {split} split of {' '.join(prefixes)} is empty but {num_samples} {split} "
+            f"samples were requested; change --split or request no {split} samples"
+        )
+    size = min(num_samples, sum(lengths))
+    if size < num_samples:
+        logger.warning(
+            "%s split: the unweighted blend of %s holds %d samples (one epoch of each), fewer "
+            "than the %d requested; give weights ('w1 prefix1 w2 prefix2 ...') to repeat epochs",
+            split,
+            " ".join(prefixes),
+            size,
+            num_samples,
+        )
+    return BlendedDataset(members, lengths, size, config)
 
 
 def _build_all(dataset_cls, num_samples_per_split, config) -> List[Optional[object]]:
@@ -220,7 +280,8 @@ def _build_all(dataset_cls, num_samples_per_split, config) -> List[Optional[obje
     per_prefix = []
     for prefix in prefixes:
         num = _numel(dataset_cls, _open(dataset_cls, prefix, config, opened))
-        per_prefix.append([(a, b, num) for a, b in split_documents(num, fractions)])
+        ranges = split_documents(num, fractions, legacy=config.legacy_split_and_blend)
+        per_prefix.append([(a, b, num) for a, b in ranges])
         logger.info("%s: %d documents, --split %s", prefix, num, config.split)
     for i, (split, n) in enumerate(zip(SPLIT_NAMES, num_samples_per_split)):
         if fractions[i] == 0.0:

@@ -47,6 +47,17 @@ class DatasetConfig:
     """Build the train split from exactly this many epochs of its documents (its length is then
     whatever those epochs yield); --train-data-exact-num-epochs."""
 
+    legacy_split_and_blend: bool = False
+    """False (the default): megatron-core 0.16's rules, so that the same flags give the same
+    samples as megatron-core: `split` becomes document ranges [round(a * n), round(b * n)) for
+    the cumulative fractions a, b; blend members get ceil(ceil(weight * N) * 1.005) samples and
+    are interleaved by the largest error (`helpers.build_blending_indices_largest_error`); a
+    blend without weights weighs each member by its one-epoch length. True: this project's
+    earlier rules (Megatron-LM's legacy split rounding, `split_documents_legacy`; members of
+    ceil(weight * N * 1.005) samples interleaved by the earliest deadline,
+    `helpers.build_blending_indices`; equal weights without weights), for runs and caches made
+    before megatron-core's rules became the default; --legacy-split-and-blend."""
+
     vocab_size: Optional[int] = None
     """The model's vocabulary (the tokenizer's vocab_size, unpadded). When set, the token ids of
     every data file are checked against it as the file opens (from its .token_counts.npy, else a

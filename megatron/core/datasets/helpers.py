@@ -3,9 +3,10 @@
 Each builder exists twice: in the compiled extension `megatron.core.datasets.helpers_cpp`
 (csrc/data_helpers/, built by `pip install -e .`) and as a pure reference named
 `<op>_reference` (numpy here; the BERT mapping's in `bert_helpers_ref`, which also documents its
-algorithm). The dispatching functions `build_sample_idx`, `build_blending_indices` and
-`build_mapping` choose between them through `megatron.core.kernels` (`backend`: "auto", "kernel",
-"reference", or None for $MEGATRON_KERNEL_BACKEND); both paths give identical arrays
+algorithm). The dispatching functions `build_sample_idx`, `build_blending_indices`,
+`build_blending_indices_largest_error` and `build_mapping` choose between them through
+`megatron.core.kernels` (`backend`: "auto", "kernel", "reference", or None for
+$MEGATRON_KERNEL_BACKEND); both paths give identical arrays
 (tests/unit/test_dataset_helpers.py, tests/unit/test_bert_dataset.py).
 
 The two formulations differ on purpose: the C++ sample index walks documents sample by sample,
@@ -150,7 +151,9 @@ def build_sample_idx_reference(
 def build_blending_indices(
     weights: np.ndarray, size: int, backend: Optional[str] = None
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """Which dataset, and which of its samples, each of `size` blended samples comes from.
+    """Which dataset, and which of its samples, each of `size` blended samples comes from
+    (the earliest-deadline order of --legacy-split-and-blend; megatron-core's order is
+    `build_blending_indices_largest_error`).
 
     Args:
         weights: float64 [D] non-negative weights (normally summing to 1).
@@ -181,21 +184,7 @@ def build_blending_indices_reference(
     """Reference of `build_blending_indices` (same arguments and result; a plain Python loop)."""
     weights = np.asarray(weights, dtype=np.float64)
     size = int(size)
-    if weights.ndim != 1 or weights.size == 0:
-        raise ValueError("build_blending_indices: weights must be a non-empty 1-D array")
-    if weights.size > np.iinfo(np.int16).max:
-        raise ValueError(
-            f"build_blending_indices: {weights.size} datasets exceed the int16 dataset index "
-            "(at most 32767)"
-        )
-    if size < 0:
-        raise ValueError(f"build_blending_indices: size must be >= 0, got {size}")
-    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
-        bad = int(np.argmax(~np.isfinite(weights) | (weights < 0)))
-        raise ValueError(
-            f"build_blending_indices: weights[{bad}] = {weights[bad]} is not a finite "
-            "non-negative number"
-        )
+    _check_blend_arguments("build_blending_indices", weights, size)
     total = float(weights.sum())
     if not total > 0.0:
         raise ValueError("build_blending_indices: the weights sum to 0")
@@ -216,6 +205,72 @@ def build_blending_indices_reference(
             if deadline < best_deadline:
                 best, best_deadline = d, deadline
         best = max(best, 0)
+        dataset_index[i] = best
+        dataset_sample_index[i] = counts[best]
+        counts[best] += 1
+    return dataset_index, dataset_sample_index
+
+
+def build_blending_indices_largest_error(
+    weights: np.ndarray, size: int, backend: Optional[str] = None
+) -> Tuple[np.ndarray, np.ndarray]:
+    """megatron-core's blending order (its `helpers.build_blending_indices`, 0.16).
+
+    Args:
+        weights: float64 [D] non-negative weights, used as given: normalise them first (as
+            megatron-core's BlendedDataset does) to get megatron-core's decisions bit for bit.
+        size: number of blended samples.
+        backend: "auto" (C++ when built), "kernel" or "reference"; None reads
+            $MEGATRON_KERNEL_BACKEND.
+
+    Returns:
+        (dataset_index int16 [size], dataset_sample_index int64 [size]): sample i (0-based) goes
+        to the dataset with the largest error w[d] * max(i, 1) - count[d] (the first on ties);
+        dataset_sample_index[i] is count[d] before it is incremented, so each dataset is read in
+        order 0, 1, 2, ... A prefix can drift ~1.6 samples from w[d] * n with three or more
+        datasets (`build_blending_indices` keeps it within one).
+    """
+    module = kernels.resolve(kernels.DATASET_HELPERS, backend)
+    weights = np.ascontiguousarray(weights, dtype=np.float64)
+    if module is None:
+        return build_blending_indices_largest_error_reference(weights, size)
+    return module.build_blending_indices_largest_error(weights, int(size))
+
+
+def _check_blend_arguments(what: str, weights: np.ndarray, size: int) -> None:
+    if weights.ndim != 1 or weights.size == 0:
+        raise ValueError(f"{what}: weights must be a non-empty 1-D array")
+    if weights.size > np.iinfo(np.int16).max:
+        raise ValueError(
+            f"{what}: {weights.size} datasets exceed the int16 dataset index (at most 32767)"
+        )
+    if size < 0:
+        raise ValueError(f"{what}: size must be >= 0, got {size}")
+    if not np.all(np.isfinite(weights)) or np.any(weights < 0):
+        bad = int(np.argmax(~np.isfinite(weights) | (weights < 0)))
+        raise ValueError(
+            f"{what}: weights[{bad}] = {weights[bad]} is not a finite non-negative number"
+        )
+
+
+def build_blending_indices_largest_error_reference(
+    weights: np.ndarray, size: int
+) -> Tuple[np.ndarray, np.ndarray]:
+    """Reference of `build_blending_indices_largest_error` (same arguments and result)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    size = int(size)
+    _check_blend_arguments("build_blending_indices_largest_error", weights, size)
+    w = weights.tolist()  # Python floats: the same IEEE doubles as the C++ loop
+    counts = [0] * len(w)
+    dataset_index = np.empty(size, dtype=np.int16)
+    dataset_sample_index = np.empty(size, dtype=np.int64)
+    for i in range(size):
+        n = float(max(i, 1))
+        best, best_error = 0, w[0] * n - counts[0]
+        for d in range(1, len(w)):
+            error = w[d] * n - counts[d]
+            if error > best_error:
+                best, best_error = d, error
         dataset_index[i] = best
         dataset_sample_index[i] = counts[best]
         counts[best] += 1
