@@ -77,6 +77,13 @@ def _enabled(block: Any, key: str, path: str) -> Optional[bool]:
 def _precision(f: _Filler, raw: Dict[str, Any]) -> None:
     fp16 = _enabled(raw.get("fp16"), "fp16", f.path)
     bf16 = _enabled(raw.get("bf16", raw.get("bfloat16")), "bf16", f.path)
+    for on, other, flag in ((fp16, "bf16", "--bf16"), (bf16, "fp16", "--fp16")):
+        if on and other in f.explicit and getattr(f.ns, other):
+            key = "bf16" if other == "fp16" else "fp16"
+            raise ValueError(
+                f"--deepspeed_config {f.path} enables {key} but the command line has {flag}; "
+                f"make them agree (drop {flag}, or enable {other} in the JSON instead)"
+            )
     if fp16 is not None:
         f.set("fp16", "--fp16", "fp16.enabled", fp16)
     if bf16 is not None:

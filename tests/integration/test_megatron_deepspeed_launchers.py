@@ -15,6 +15,7 @@ import pathlib
 import numpy as np
 import pytest
 
+import pretrain_bert
 import pretrain_gpt
 from megatron.training.training import pretrain
 
@@ -237,3 +238,123 @@ def test_gpt_data_efficiency_launcher_runs_unchanged(corpus, tmp_path, capsys):
     assert "--data-impl mmap: no-op" in warned
     tags = _scalars(tmp_path / "tensorboard")
     assert {"forward-backward-time", "optimizer-time", "batch-generator-time"} <= tags
+
+
+BERT_SEQ, BERT_EPOCHS = 64, 5
+
+
+def bert_command_line(corpus, tmp_path, config_json):
+    """ds_pretrain_bert_336M_base_script.sh with ltd_enabled=true cl_enabled=true."""
+    seq_len, global_batch_size, dp_size, zero_stage, seed = BERT_SEQ, GBS, 1, 0, 1234
+    batch_size = global_batch_size // dp_size
+    train_tokens = 6 * seq_len * global_batch_size  # train_iters_in_million scaled
+    save_interval = train_tokens // seq_len // global_batch_size // 2  # num_save=2
+    train_idx_path = (
+        f"{corpus['bert']}_train_indexmap_exact{BERT_EPOCHS}ep_{seq_len - 3}msl_0.10ssp_{seed}s.npy"
+    )
+    checkpoint_path, tensorboard_path = tmp_path / "checkpoint", tmp_path / "tensorboard"
+    megatron_options = [
+        "--override-opt_param-scheduler",
+        "--adam-beta1", "0.9",
+        "--adam-beta2", "0.999",
+        "--tensor-model-parallel-size", "1",
+        "--init-method-std", "0.02",
+        "--lr-decay-tokens", str(train_tokens),
+        "--lr-warmup-iters", "2",
+        "--micro-batch-size", str(batch_size),
+        "--exit-duration-in-mins", "30000000",
+        "--global-batch-size", str(global_batch_size),
+        "--num-layers", str(LAYERS),
+        "--hidden-size", "32",
+        "--num-attention-heads", "4",
+        "--seq-length", str(seq_len),
+        "--max-position-embeddings", str(seq_len),
+        "--train-tokens", str(train_tokens),
+        "--train-iters", "4000000",
+        "--lr", "1e-4",
+        "--min-lr", "1e-5",
+        "--lr-decay-style", "linear",
+        "--split", "949,50,1",
+        "--log-interval", "1",
+        "--eval-interval", "1000",
+        "--eval-iters", "2",
+        "--save-interval", str(save_interval),
+        "--weight-decay", "1e-2",
+        "--clip-grad", "1.0",
+        "--num-workers", "0",
+        "--fp16",
+        "--seed", str(seed),
+        "--load", str(checkpoint_path),
+        "--save", str(checkpoint_path),
+        "--tensorboard-queue-size", "1",
+        "--log-timers-to-tensorboard",
+        "--log-batch-size-to-tensorboard",
+        "--log-validation-ppl-to-tensorboard",
+        "--tensorboard-dir", str(tensorboard_path),
+        "--log-optimizer-states-to-tensorboard",
+        "--attention-dropout", "0.1",
+        "--hidden-dropout", "0.1",
+        "--random-ltd",
+        "--train-idx-path", train_idx_path,
+        "--data-efficiency-curriculum-learning",
+    ]  # fmt: skip
+    data_options = ["--vocab-file", corpus["bert_vocab"], "--data-path", corpus["bert"]]
+    data_options += ["--data-impl", "mmap"]
+    deepspeed_options = ["--deepspeed", "--deepspeed_config", config_json]
+    deepspeed_options += ["--zero-stage", str(zero_stage), "--pipeline-model-parallel-size", "1"]
+    deepspeed_options += ["--no-pipeline-parallel"]
+    return megatron_options + data_options + deepspeed_options
+
+
+def bert_values(tmp_path, analysis):
+    voc = analysis / "vocab_rarity"
+    return {
+        "GBSIZE": GBS, "MBSIZE": GBS, "LOG_INTERVAL": 1, "ZERO_STAGE": 0,
+        "PRESCALE_GRAD": "true", "DATA_EFFICIENCY_SEED": 1234,
+        "LTD_ENABLED": "true", "LTD_MIN": 32, "LTD_MAX": BERT_SEQ, "LTD_STEP": 4,
+        "CL_ENABLED": "true", "DATA_SAMPLING_NUM_WORKERS": 0,
+        "CL_CLUSTER_PATH": tmp_path / "data_cluster",
+        "CL_1st_METRIC_NAME": "voc",
+        "CL_1st_SAMPLE_PATH": voc / "vocab_rarity_index_to_sample_percentile_merged",
+        "CL_1st_METRIC_PATH": voc / "vocab_rarity_index_to_metric",
+        "CL_1st_DIFF_TYPE": "percentile", "CL_1st_CLUSTER_TYPE": "schedule_based",
+        "CL_1st_MIN": 1, "CL_1st_MAX": 100, "CL_1st_TOTAL_STEP": 4,
+        "CL_1st_DIFF_STEP": 1, "CL_1st_ROOT": 2,
+        "CL_2nd_METRIC_NAME": "seqlen_truncate",
+        "CL_2nd_SAMPLE_PATH": "dummy", "CL_2nd_METRIC_PATH": "dummy",
+        "CL_2nd_DIFF_TYPE": "value", "CL_2nd_CLUSTER_TYPE": "single_cluster",
+        "CL_2nd_MIN": 16, "CL_2nd_MAX": BERT_SEQ, "CL_2nd_TOTAL_STEP": 4,
+        "CL_2nd_DIFF_STEP": 8, "CL_2nd_ROOT": 1,
+    }  # fmt: skip
+
+
+def test_bert_data_efficiency_launcher_runs_unchanged(corpus, tmp_path, capsys):
+    analysis = tmp_path / f"analysis_pile_bert_{BERT_EPOCHS}epoch"
+    tok = ["--vocab-file", corpus["bert_vocab"]]
+    for task in ("map", "reduce"):
+        _analyze(
+            analysis_options(task, "BERT", corpus["bert"], tok, analysis, BERT_EPOCHS, BERT_SEQ)
+        )
+    (tmp_path / "data_cluster").mkdir()
+    config_json = ds_config(
+        "ds_config_bert_2clmetrics_TEMPLATE.json",
+        tmp_path / "ds_config.json",
+        bert_values(tmp_path, analysis),
+    )
+    history = []
+    pretrain(
+        pretrain_bert.datasets_provider,
+        pretrain_bert.model_provider,
+        pretrain_bert.forward_step,
+        argv=bert_command_line(corpus, tmp_path, config_json),
+        model_type="bert",
+        history=history,
+    )
+    assert len(history) >= 6
+    assert all(h["update_successful"] for h in history)
+    assert all(np.isfinite(h["lm loss"]) for h in history)
+    seqlens = [h["curriculum seqlen"] for h in history]
+    assert seqlens[0] < BERT_SEQ and seqlens[-1] == BERT_SEQ and seqlens == sorted(seqlens)
+    out = capsys.readouterr().out
+    assert "--zero-stage 0: ZeRO stage 0: no optimizer sharding" in out
+    assert "train sample mapping forced from" in out
