@@ -116,9 +116,9 @@ def ds_config(template, out, values):
     return str(out)
 
 
-def gpt_command_line(corpus, tmp_path, analysis, config_json):
+def gpt_command_line(corpus, tmp_path, config_json, dp_size=1, pp_size=1):
     """ds_pretrain_gpt_1.3B_dense_base_script.sh with ltd_enabled=true cl_enabled=true."""
-    seq_len, global_batch_size, dp_size, zero_stage, seed = SEQ, GBS, 1, 1, 1234
+    seq_len, global_batch_size, zero_stage, seed = SEQ, GBS, 1, 1234
     batch_size = global_batch_size // dp_size
     train_tokens = 6 * global_batch_size * seq_len
     train_samples = train_tokens * 2 // seq_len
@@ -177,16 +177,19 @@ def gpt_command_line(corpus, tmp_path, analysis, config_json):
     data_options = ["--vocab-file", corpus["vocab"], "--merge-file", corpus["merges"]]
     data_options += ["--data-path", corpus["gpt"], "--data-impl", "mmap"]
     deepspeed_options = ["--deepspeed", "--deepspeed_config", config_json]
-    deepspeed_options += ["--zero-stage", str(zero_stage), "--pipeline-model-parallel-size", "1"]
-    deepspeed_options += ["--no-pipeline-parallel", "--deepspeed-activation-checkpointing"]
+    deepspeed_options += ["--zero-stage", str(zero_stage)]
+    deepspeed_options += ["--pipeline-model-parallel-size", str(pp_size)]
+    if pp_size == 1:  # no_pp="true"
+        deepspeed_options += ["--no-pipeline-parallel"]
+    deepspeed_options += ["--deepspeed-activation-checkpointing"]
     assert data_home.is_dir()
     return megatron_options + data_options + deepspeed_options
 
 
-def gpt_values(tmp_path, analysis):
+def gpt_values(tmp_path, analysis, dp_size=1):
     voc = analysis / "vocab_rarity"
     return {
-        "GBSIZE": GBS, "MBSIZE": GBS, "LOG_INTERVAL": 1, "ZERO_STAGE": 1,
+        "GBSIZE": GBS, "MBSIZE": GBS // dp_size, "LOG_INTERVAL": 1, "ZERO_STAGE": 1,
         "PRESCALE_GRAD": "false", "DATA_EFFICIENCY_SEED": 1234,
         "LTD_ENABLED": "true", "LTD_MIN": 16, "LTD_MAX": SEQ, "LTD_STEP": 4,
         "CL_ENABLED": "true", "DATA_SAMPLING_NUM_WORKERS": 0,
@@ -208,7 +211,8 @@ def _scalars(folder):
     return set(acc.Tags()["scalars"])
 
 
-def test_gpt_data_efficiency_launcher_runs_unchanged(corpus, tmp_path, capsys):
+def gpt_launch(corpus, tmp_path, dp_size=1):
+    """The analysis map and reduce scripts, the JSON of the template; the training command."""
     analysis = tmp_path / "analysis_pile_gpt_1epoch"
     tok = ["--vocab-file", corpus["vocab"], "--merge-file", corpus["merges"]]
     for task in ("map", "reduce"):
@@ -217,27 +221,68 @@ def test_gpt_data_efficiency_launcher_runs_unchanged(corpus, tmp_path, capsys):
     config_json = ds_config(
         "ds_config_gpt_1clmetric_TEMPLATE.json",
         tmp_path / "ds_config.json",
-        gpt_values(tmp_path, analysis),
+        gpt_values(tmp_path, analysis, dp_size),
     )
+    return config_json
+
+
+def check_gpt_history(history):
+    assert len(history) >= 6
+    # the JSON's fp16 block (initial_scale_power 11) instead of a 2^32 start: no skipped steps
+    assert all(h["update_successful"] for h in history)
+    assert all(np.isfinite(h["lm loss"]) for h in history)
+    kept = [h["random-LTD kept tokens"] for h in history]
+    assert kept[0] == 16 and kept[-1] == SEQ and kept == sorted(kept)
+
+
+def test_gpt_data_efficiency_launcher_runs_unchanged(corpus, tmp_path, capsys):
+    config_json = gpt_launch(corpus, tmp_path)
     history = []
     pretrain(
         pretrain_gpt.datasets_provider,
         pretrain_gpt.model_provider,
         pretrain_gpt.forward_step,
-        argv=gpt_command_line(corpus, tmp_path, analysis, config_json),
+        argv=gpt_command_line(corpus, tmp_path, config_json),
         history=history,
     )
-    assert len(history) >= 6
-    # the JSON's fp16 block (initial_scale_power 11) instead of a 2^32 start: no skipped steps
-    assert all(h["update_successful"] for h in history)
-    assert all(np.isfinite(h["lm loss"]) for h in history)
-    kept = [h["random-LTD kept tokens"] for h in history if "random-LTD kept tokens" in h]
-    assert kept and kept[0] == 16 and kept[-1] == SEQ and kept == sorted(kept)
+    check_gpt_history(history)
     warned = capsys.readouterr().out
     assert "--zero-stage 1: ZeRO stage 1 maps to --use-distributed-optimizer" in warned
     assert "--data-impl mmap: no-op" in warned
+    assert "train index forced from" in warned
     tags = _scalars(tmp_path / "tensorboard")
     assert {"forward-backward-time", "optimizer-time", "batch-generator-time"} <= tags
+
+
+def _gpt_body(rank, world_size, argv):
+    import torch
+
+    torch.set_num_threads(1)
+    history = []
+    pretrain(
+        pretrain_gpt.datasets_provider,
+        pretrain_gpt.model_provider,
+        pretrain_gpt.forward_step,
+        argv=argv,
+        history=history,
+    )
+    return history
+
+
+@pytest.mark.parametrize("dp_size, pp_size", [(2, 1), (1, 2)])
+def test_gpt_launcher_with_two_processes(corpus, tmp_path, dp_size, pp_size):
+    """num_gpus=2: data parallel with ZeRO-1 (the launcher's default), or pp_size=2 no_pp=false."""
+    from tests.distributed.launcher import run_distributed
+
+    config_json = gpt_launch(corpus, tmp_path, dp_size)
+    argv = gpt_command_line(corpus, tmp_path, config_json, dp_size, pp_size)
+    histories = run_distributed(_gpt_body, 2, argv, timeout=240)
+    check_gpt_history(histories[0])
+    tags = _scalars(tmp_path / "tensorboard")
+    assert {"forward-backward-time", "optimizer-time"} <= tags
+    if pp_size == 2:  # rank 0 (the first stage) sends activations and receives gradients
+        assert tags & {"forward-send-time", "forward-send-backward-recv-time"}
+        assert "backward-recv-time" in tags or "forward-send-backward-recv-time" in tags
 
 
 BERT_SEQ, BERT_EPOCHS = 64, 5

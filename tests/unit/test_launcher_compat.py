@@ -132,7 +132,9 @@ def test_the_fp16_block_fills_the_loss_scaler_options(prefix, tmp_path):
     assert opt.initial_loss_scale == 1024.0
     static = ds_json(tmp_path, fp16={"enabled": True, "loss_scale": 128})
     assert parse(prefix, "--deepspeed_config", static).optimizer.loss_scale == 128.0
-    assert parse(prefix, "--deepspeed_config", ds_json(tmp_path, bf16={"enabled": True})).optimizer.bf16
+    assert parse(
+        prefix, "--deepspeed_config", ds_json(tmp_path, bf16={"enabled": True})
+    ).optimizer.bf16
 
 
 def test_engine_keys_fill_batch_clip_log_and_zero(prefix, tmp_path):
@@ -221,3 +223,60 @@ def test_timers_write_megatron_names_per_iteration():
     assert p2p_timer_name(True, False, False, True) == "forward-send-backward-recv"
     assert p2p_timer_name(False, True, True, False) == "backward-send-forward-recv"
     assert p2p_timer_name(True, True, True, True) == "forward-backward-send-forward-backward-recv"
+
+
+def test_the_curriculum_learning_launchers_parse(tmp_path, tokenizer_dir):
+    """examples_deepspeed/curriculum_learning/ds_pretrain_gpt_1.3B_rope_slw.sh and
+    ds_pretrain_gpt2.sh (sizes scaled; mp_size=1 pp_size=1 no_pp=true) with the scripts'
+    ds_config_gpt_slw_TEMPLATE.json substituted."""
+    cfg = {
+        "train_batch_size": 8,
+        "train_micro_batch_size_per_gpu": 8,
+        "steps_per_print": 10,
+        "zero_optimization": {"stage": 1},
+        "gradient_clipping": 1.0,
+        "prescale_gradients": False,
+        "fp16": dict(FP16, loss_scale_window=500),
+        "wall_clock_breakdown": False,
+        "curriculum_learning": {
+            "enabled": True,
+            "curriculum_type": "seqlen",
+            "min_difficulty": 8,
+            "max_difficulty": 64,
+            "schedule_type": "fixed_linear",
+            "schedule_config": {"total_curriculum_step": 10, "difficulty_step": 8},
+        },
+    }
+    path = ds_json(tmp_path, **cfg)
+    vocab, merges = str(tokenizer_dir / "gpt2-vocab.json"), str(tokenizer_dir / "gpt2-merges.txt")
+    rope_slw = [
+        "--override-opt_param-scheduler", "--adam-beta1", "0.9", "--adam-beta2", "0.95",
+        "--tensor-model-parallel-size", "1", "--init-method-std", "0.013",
+        "--lr-decay-tokens", "100000", "--lr-warmup-tokens", "3000", "--micro-batch-size", "8",
+        "--exit-duration-in-mins", "30000000", "--global-batch-size", "8", "--num-layers", "2",
+        "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "64",
+        "--max-position-embeddings", "64", "--train-tokens", "100000", "--train-samples", "3000",
+        "--lr", "2.0e-4", "--min-lr", "1.0e-6", "--lr-decay-style", "cosine",
+        "--split", "949,50,1", "--log-interval", "10", "--eval-interval", "100",
+        "--eval-iters", "10", "--save-interval", "100", "--weight-decay", "0.1",
+        "--clip-grad", "1.0", "--hysteresis", "2", "--num-workers", "0", "--fp16",
+        "--seed", "1234", "--load", str(tmp_path / "ck"), "--save", str(tmp_path / "ck"),
+        "--no-async-tensor-model-parallel-allreduce", "--use-rotary-position-embeddings",
+        "--rotary-percent", "0.25", "--tensorboard-queue-size", "1",
+        "--log-timers-to-tensorboard", "--log-batch-size-to-tensorboard",
+        "--log-validation-ppl-to-tensorboard", "--tensorboard-dir", str(tmp_path / "tb"),
+        "--checkpoint-activations", "--log-optimizer-states-to-tensorboard",
+        "--vocab-file", vocab, "--merge-file", merges, "--data-path", str(tmp_path / "pile"),
+        "--data-impl", "mmap", "--deepspeed", "--deepspeed_config", path, "--zero-stage", "1",
+        "--pipeline-model-parallel-size", "1", "--no-pipeline-parallel",
+        "--deepspeed-activation-checkpointing",
+    ]  # fmt: skip
+    run = parse_args(rope_slw, world_size=1, check_data_files=False)
+    assert run.optimizer.use_distributed_optimizer and run.optimizer.fp16
+    assert run.optimizer.initial_loss_scale == 2.0**11 and run.transformer.rotary_percent == 0.25
+    gpt2 = [a for a in rope_slw if a not in ("--use-rotary-position-embeddings",)]
+    i = gpt2.index("--rotary-percent")
+    gpt2 = (
+        gpt2[:i] + gpt2[i + 2 :] + ["--distributed-backend", "gloo", "--no-masked-softmax-fusion"]
+    )
+    assert parse_args(gpt2, world_size=1, check_data_files=False).training.log_interval == 10
