@@ -416,24 +416,11 @@ def _check_data_efficiency(run: RunConfig):
 
 
 def _check_deepspeed_config(run: RunConfig):
-    """Parse --deepspeed_config now (strict validation before any heavy work) and check the batch
-    sizes it states against the command line's, as Megatron-DeepSpeed does; returns it."""
+    """Parse --deepspeed_config (strict validation before any heavy work; its engine keys were
+    applied to the options already, see deepspeed_settings.py); returns it."""
     from megatron.core.deepspeed_config import load_deepspeed_config
 
     path = run.data_efficiency.deepspeed_config
     if not os.path.isfile(path):
         raise ValueError(f"--deepspeed_config {path}: no such file")
-    cfg = load_deepspeed_config(path)
-    tr = run.training
-    for key, ours in (
-        ("train_batch_size", tr.global_batch_size),
-        ("train_micro_batch_size_per_gpu", tr.micro_batch_size),
-    ):
-        theirs = cfg.ignored.get(key)
-        if isinstance(theirs, int) and theirs != ours:
-            flag = "--global-batch-size" if key == "train_batch_size" else "--micro-batch-size"
-            raise ValueError(
-                f"--deepspeed_config {path} sets {key} {theirs} but {flag} is {ours}; make them "
-                "agree"
-            )
-    return cfg
+    return load_deepspeed_config(path)
