@@ -403,3 +403,20 @@ def test_bert_data_efficiency_launcher_runs_unchanged(corpus, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "--zero-stage 0: ZeRO stage 0: no optimizer sharding" in out
     assert "train sample mapping forced from" in out
+
+
+def test_without_the_forced_index_the_error_names_the_flag_that_matches_the_analysis(
+    corpus, tmp_path
+):
+    """The analysis saw exactly 1 epoch; a training split built for the budget is another one."""
+    argv = gpt_command_line(corpus, tmp_path, gpt_launch(corpus, tmp_path))
+    for flag in ("--train-doc-idx-path", "--train-sample-idx-path", "--train-shuffle-idx-path"):
+        i = argv.index(flag)
+        argv = argv[:i] + argv[i + 2 :]
+    with pytest.raises(ValueError, match="train with --train-data-exact-num-epochs 1, or re-run"):
+        pretrain(
+            pretrain_gpt.datasets_provider,
+            pretrain_gpt.model_provider,
+            pretrain_gpt.forward_step,
+            argv=argv,
+        )
