@@ -53,7 +53,6 @@ logger = logging.getLogger(__name__)
 _POST_PROCESSING_METRICS = (SEQLEN_TRUNCATE, SEQLEN_RESHAPE)
 
 
-
 _DESCRIPTION_FLAGS = {  # dataset description key -> the training flag that sets it
     "train_data_exact_num_epochs": "--train-data-exact-num-epochs",
     "num_samples": "--train-samples",
@@ -75,6 +74,7 @@ def _flags_to_match(theirs: Dict[str, Any], ours: Dict[str, Any]) -> str:
             return ""  # analysed without exact epochs: nothing to add to training
         flags.append(f"{_DESCRIPTION_FLAGS[key]} {value}" if value is not None else "")
     return " ".join(f for f in flags if f)
+
 
 class DataEfficiency:
     """Curriculum learning + random-LTD of one run (both may be off).
