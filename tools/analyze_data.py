@@ -143,7 +143,9 @@ def _add_recipe_args(p: argparse.ArgumentParser) -> None:
 
 
 def _warn_ignored(args: argparse.Namespace) -> None:
-    """One warning line per accepted no-op flag given."""
+    """One warning line per accepted no-op flag given (on the first torchrun rank only)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
     for flag, why in _IGNORED_ANALYSIS.items():
         if getattr(args, flag[2:].replace("-", "_")) is not None:
             logger.warning("%s: %s", flag, why)

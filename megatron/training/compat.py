@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 logger = logging.getLogger(__name__)
@@ -154,6 +155,14 @@ def _given(ns: argparse.Namespace) -> Dict[str, Any]:
     return given
 
 
+def _level_here() -> int:
+    """WARNING on global rank 0 (torchrun's RANK before initialisation), DEBUG elsewhere."""
+    import torch.distributed as dist
+
+    rank = dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", "0"))
+    return logging.WARNING if rank == 0 else logging.DEBUG
+
+
 def _recompute(ns: argparse.Namespace) -> None:
     if ns.recompute_granularity is None:
         ns.checkpoint_activations = True
@@ -179,7 +188,8 @@ def apply_compat_flags(
     for name, value in given.items():
         shown = "" if value is True else f" {value}"
         effect = _zero_effect(value) if name == "--zero-stage" else _BY_NAME[name].effect
-        logger.warning("%s%s: %s", name, shown, effect)
+        # one line per job, not per rank (parsing runs on every rank)
+        logger.log(_level_here(), "%s%s: %s", name, shown, effect)
     stage = given.get("--zero-stage")
     if stage is not None and zero_stage_from_config is not None and stage != zero_stage_from_config:
         raise ValueError(
