@@ -96,11 +96,66 @@ def _add_analysis_args(p: argparse.ArgumentParser) -> None:
         "--log-interval", type=float, default=10.0, help="seconds between progress lines"
     )
     g.add_argument(
+        "--analyzing-task",
+        choices=["map", "reduce"],
+        help="DeepSpeed's spelling: map is --map-only, reduce is --reduce-only",
+    )
+    for flag, kwargs in (
+        ("--analyzing-num-threads", dict(type=int)),
+        ("--analyzing-num-threads-reduce", dict(type=int)),
+        ("--analyzing-specific-threads", dict(type=int, nargs="+")),
+    ):
+        g.add_argument(flag, help=_IGNORED_ANALYSIS[flag], **kwargs)
+    g.add_argument(
         "--distributed-timeout-minutes",
         type=float,
         default=1440.0,
         help="gloo barrier timeout: the longest a worker may wait for the others",
     )
+
+
+_IGNORED_ANALYSIS = {
+    "--analyzing-num-threads": "no-op: a worker scores its shard in one process; run more "
+    "workers (torchrun --nproc-per-node N, or --worker-id / --num-workers) to go faster",
+    "--analyzing-num-threads-reduce": "no-op: the reduce step merges the workers' outputs in one "
+    "process",
+    "--analyzing-specific-threads": "no-op: re-running a worker skips its finished shards (re-run "
+    "a failed one with its --worker-id)",
+}
+_RECIPE_FLAGS = {  # flags of the DeepSpeed analysis recipe that only training uses
+    "--micro-batch-size": dict(type=int),
+    "--max-position-embeddings": dict(type=int),
+    "--num-layers": dict(type=int),
+    "--hidden-size": dict(type=int),
+    "--num-attention-heads": dict(type=int),
+    "--distributed-backend": dict(choices=["gloo", "nccl"]),
+    "--return-data-index": dict(action="store_true", default=None),
+    "--save-interval": dict(type=int),
+    "--data-impl": dict(choices=["mmap", "infer"]),
+}
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("accepted from the DeepSpeed analysis recipe (no-ops here)")
+    for flag, kwargs in _RECIPE_FLAGS.items():
+        dest = "recipe_" + flag[2:].replace("-", "_")
+        g.add_argument(flag, dest=dest, help="accepted and ignored (a training flag)", **kwargs)
+
+
+def _warn_ignored(args: argparse.Namespace) -> None:
+    """One warning line per accepted no-op flag given (on the first torchrun rank only)."""
+    if os.environ.get("RANK", "0") != "0":
+        return
+    for flag, why in _IGNORED_ANALYSIS.items():
+        if getattr(args, flag[2:].replace("-", "_")) is not None:
+            logger.warning("%s: %s", flag, why)
+    given = [f for f in _RECIPE_FLAGS if getattr(args, "recipe_" + f[2:].replace("-", "_"))]
+    if given:
+        logger.warning(
+            "%s: training flags, ignored by the analysis (it reads only the data, split, "
+            "sequence length, seed, sample count and tokenizer flags)",
+            " ".join(given),
+        )
 
 
 def _add_data_args(p: argparse.ArgumentParser) -> None:
@@ -153,7 +208,14 @@ def get_args(argv=None) -> argparse.Namespace:
     )
     _add_analysis_args(p)
     _add_data_args(p)
+    _add_recipe_args(p)
     args = p.parse_args(argv)
+    if args.analyzing_task == "map":
+        args.map_only = True
+    elif args.analyzing_task == "reduce":
+        args.reduce_only = True
+    if args.map_only and args.reduce_only:
+        p.error("--map-only (--analyzing-task map) and --reduce-only exclude each other")
     if not args.reduce_only:
         missing = [
             f
@@ -292,9 +354,23 @@ def _reduce(args, names, num_workers) -> None:
         )
 
 
+def _save_train_index(args, dataset) -> None:
+    """With --train-data-exact-num-epochs, the analysed train index next to the data under
+    Megatron-DeepSpeed's names (its training recipes force them with --train-doc-idx-path ...)."""
+    from megatron.core.datasets.forced_index import save_train_index
+
+    epochs = args.train_data_exact_num_epochs
+    if args.split_name != "train" or not epochs or not hasattr(dataset, "dataset_path"):
+        return
+    for what, path in save_train_index(dataset, epochs).items():
+        print(f"train index {what}: {path}", file=sys.stderr)
+
+
 def _map(args, worker_id, num_workers, barrier) -> None:
     is_built_on_rank = (lambda: worker_id == 0) if barrier is not None else None
     dataset, vocab_size = build_dataset(args, is_built_on_rank, barrier)
+    if worker_id == 0:
+        _save_train_index(args, dataset)
     source = make_sample_source(dataset)
     config = CurriculumMetricsConfig(args.metric, vocab_size, args.token_counts, args.batch_size)
     metrics = build_metrics(source, config)
@@ -330,6 +406,7 @@ def _map(args, worker_id, num_workers, barrier) -> None:
 def main(argv=None) -> int:
     args = get_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    _warn_ignored(args)
     try:
         names = [parse_metric_spec(s).name for s in args.metric]
         if args.reduce_only:

@@ -60,7 +60,12 @@ def get_args(argv=None) -> argparse.Namespace:
     g.add_argument("--keep-newlines", action="store_true", help="keep newlines between sentences")
     g = p.add_argument_group("tokenizer")
     g.add_argument("--tokenizer-type", required=True, choices=TOKENIZER_TYPES)
-    g.add_argument("--vocab-file", help="GPT-2 vocab.json or BERT vocab.txt")
+    g.add_argument(
+        "--vocab-file",
+        "--vocab",  # Megatron-DeepSpeed's BERT data recipe spells it so (an ambiguous prefix)
+        dest="vocab_file",
+        help="GPT-2 vocab.json or BERT vocab.txt",
+    )
     g.add_argument("--merge-file", help="GPT-2 merges.txt")
     g.add_argument("--tokenizer-model", help="SentencePiece model or HF tokenizer.json")
     g.add_argument("--vocab-size", type=int, help="NullTokenizer: number of token ids")

@@ -5,8 +5,9 @@ Users of Megatron-DeepSpeed already have a DeepSpeed config file with a `data_ef
 a file unchanged: `data_efficiency.data_sampling` into the curriculum config
 (`megatron.core.curriculum.config`), `data_efficiency.data_routing` into the random-LTD config
 (`megatron.core.random_ltd.config`). The other top-level DeepSpeed keys (`train_batch_size`,
-`fp16`, `zero_optimization`, ...) are accepted and reported as ignored (`DeepSpeedConfig.ignored`),
-because the Megatron command line owns those settings here.
+`fp16`, `zero_optimization`, ...) are accepted and returned as they are
+(`DeepSpeedConfig.ignored`): the training application reads the ones it has options for
+(megatron/training/deepspeed_settings.py).
 
 Differences from DeepSpeed, on purpose:
 
@@ -144,9 +145,7 @@ def _check_top_level(data: Dict[str, Any]) -> Dict[str, Any]:
                 raise ConfigError(f"<root>: unknown key {key!r}; did you mean {close[0]!r}?")
         ignored[key] = value
     if ignored:
-        logger.info(
-            "DeepSpeed config: ignoring %s (set by the Megatron command line here)", sorted(ignored)
-        )
+        logger.debug("DeepSpeed config: engine keys %s (left to the caller)", sorted(ignored))
     return ignored
 
 

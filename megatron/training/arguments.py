@@ -11,7 +11,8 @@ import argparse
 import dataclasses
 import logging
 import os
-from typing import Any, Callable, Dict, Optional, Sequence
+import sys
+from typing import Any, Callable, Dict, Optional, Sequence, Set
 
 import torch
 
@@ -22,6 +23,7 @@ from megatron.core.transformer.config import TransformerConfig
 from megatron.tokenizer.config import TokenizerConfig
 
 from .budget import StepAccounting, schedule_spans
+from .compat import add_compat_options, apply_compat_flags
 from .config import (
     CheckpointConfig,
     DataConfig,
@@ -33,6 +35,7 @@ from .config import (
     TrainingConfig,
 )
 from .data_efficiency import check_against_model, check_flags
+from .deepspeed_settings import apply_deepspeed_settings
 from .options import Flag, add_dataclass_options, build_dataclass
 from .run_config import RunConfig
 
@@ -58,6 +61,9 @@ _TRAINING_FLAGS = {
     "check_for_nan_in_loss_and_grad": Flag(name="--no-check-for-nan-in-loss-and-grad", invert=True),
 }
 _DE_FLAGS = {"deepspeed_config": Flag(name="--deepspeed_config", aliases=("--deepspeed-config",))}
+DEFAULT_TOKENIZER = {"gpt": "GPT2BPETokenizer", "bert": "BertWordPieceLowerCase"}
+"""--tokenizer-type when none is given, as Megatron-DeepSpeed's pretrain_gpt.py / pretrain_bert.py
+default it."""
 
 
 def build_parser(extra_args_provider: Optional[Callable] = None) -> argparse.ArgumentParser:
@@ -80,6 +86,7 @@ def build_parser(extra_args_provider: Optional[Callable] = None) -> argparse.Arg
     add_dataclass_options(
         parser, DataEfficiencyFlags, "data efficiency (curriculum learning, random-LTD)", _DE_FLAGS
     )
+    add_compat_options(parser)
     if extra_args_provider is not None:
         parser = extra_args_provider(parser) or parser
     return parser
@@ -136,6 +143,7 @@ def parse_args(
     parser = build_parser(extra_args_provider)
     if defaults:
         parser.set_defaults(**defaults)
+    argv = list(sys.argv[1:] if argv is None else argv)
     ns, unknown = parser.parse_known_args(argv)
     if unknown:
         parser.error(f"unrecognized arguments: {' '.join(unknown)}")
@@ -146,10 +154,57 @@ def parse_args(
             world_size if world_size is not None else _world_size(),
             check_data_files,
             model_type,
+            explicit_options(parser, argv),
         )
     except ValueError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
     return run
+
+
+def explicit_options(parser: argparse.ArgumentParser, argv: Sequence[str]) -> Set[str]:
+    """Destinations of the options written on the command line `argv` (@files expanded)."""
+    if parser.fromfile_prefix_chars:
+        argv = parser._read_args_from_files(list(argv))
+    given = set()
+    for token in argv:
+        if token.startswith("--"):
+            action = parser._option_string_actions.get(token.split("=", 1)[0])
+            if action is not None:
+                given.add(action.dest)
+    return given
+
+
+def _apply_launcher_settings(ns: argparse.Namespace, world_size: int, explicit: Set[str]) -> None:
+    """The DeepSpeed JSON's engine settings and the accepted launch-script flags, applied to the
+    namespace before the configs are built (contradictions with explicit flags are errors)."""
+    stage = None
+    path = ns.deepspeed_config
+    if path:
+        from megatron.core.deepspeed_config import load_deepspeed_config
+
+        if not os.path.isfile(path):
+            raise ValueError(f"--deepspeed_config {path}: no such file")
+        model_parallel = ns.tensor_model_parallel_size * ns.pipeline_model_parallel_size
+        raw = load_deepspeed_config(path).ignored
+        stage, _ = apply_deepspeed_settings(
+            ns, raw, explicit, max(world_size // max(model_parallel, 1), 1), path
+        )
+    apply_compat_flags(ns, explicit, stage)
+
+
+def _tokenizer_config(ns: argparse.Namespace, model_type: str) -> Optional[TokenizerConfig]:
+    """--tokenizer-type, defaulted per model as in Megatron-DeepSpeed (not for --mock-data)."""
+    default = DEFAULT_TOKENIZER.get(model_type)
+    if ns.tokenizer_type is not None or ns.mock_data or default is None:
+        return build_dataclass(TokenizerConfig, ns) if ns.tokenizer_type else None
+    ns.tokenizer_type = default
+    try:
+        return build_dataclass(TokenizerConfig, ns)
+    except ValueError as exc:
+        raise ValueError(
+            f"{exc}; --tokenizer-type defaults to {default} for pretrain_{model_type}.py (as in "
+            "Megatron-DeepSpeed), give --tokenizer-type for another tokenizer"
+        ) from None
 
 
 def config_from_namespace(
@@ -158,12 +213,20 @@ def config_from_namespace(
     world_size: int,
     check_data_files: bool = True,
     model_type: str = "gpt",
+    explicit: Optional[Set[str]] = None,
 ) -> RunConfig:
-    """Build and cross-validate the per-concern configs (raises ValueError with the fix)."""
+    """Build and cross-validate the per-concern configs (raises ValueError with the fix).
+
+    `explicit`: the options given on the command line (default: those that differ from the
+    parser's defaults); the DeepSpeed JSON may fill the others but not contradict these.
+    """
+    if explicit is None:
+        explicit = {a.dest for a in parser._actions if getattr(ns, a.dest, None) != a.default}
+    _apply_launcher_settings(ns, world_size, explicit)
     model = build_dataclass(ModelConfig, ns)
     opt = build_dataclass(OptimizerConfig, ns)
     par = build_dataclass(ParallelConfig, ns)
-    tokenizer = build_dataclass(TokenizerConfig, ns) if ns.tokenizer_type else None
+    tokenizer = _tokenizer_config(ns, model_type)
     known = {a.dest for a in parser._actions}
     core_fields = set()
     for cls in (
@@ -278,7 +341,7 @@ def _check_data(run: RunConfig, check_files: bool) -> None:
     if run.tokenizer is None and not d.mock_data:
         raise ValueError(
             "--tokenizer-type is required (e.g. GPT2BPETokenizer with --vocab-file and "
-            "--merge-file)"
+            "--merge-file for GPT, BertWordPieceLowerCase with --vocab-file for BERT)"
         )
     if d.mock_data and run.tokenizer is None:
         raise ValueError(
@@ -353,24 +416,11 @@ def _check_data_efficiency(run: RunConfig):
 
 
 def _check_deepspeed_config(run: RunConfig):
-    """Parse --deepspeed_config now (strict validation before any heavy work) and check the batch
-    sizes it states against the command line's, as Megatron-DeepSpeed does; returns it."""
+    """Parse --deepspeed_config (strict validation before any heavy work; its engine keys were
+    applied to the options already, see deepspeed_settings.py); returns it."""
     from megatron.core.deepspeed_config import load_deepspeed_config
 
     path = run.data_efficiency.deepspeed_config
     if not os.path.isfile(path):
         raise ValueError(f"--deepspeed_config {path}: no such file")
-    cfg = load_deepspeed_config(path)
-    tr = run.training
-    for key, ours in (
-        ("train_batch_size", tr.global_batch_size),
-        ("train_micro_batch_size_per_gpu", tr.micro_batch_size),
-    ):
-        theirs = cfg.ignored.get(key)
-        if isinstance(theirs, int) and theirs != ours:
-            flag = "--global-batch-size" if key == "train_batch_size" else "--micro-batch-size"
-            raise ValueError(
-                f"--deepspeed_config {path} sets {key} {theirs} but {flag} is {ours}; make them "
-                "agree"
-            )
-    return cfg
+    return load_deepspeed_config(path)

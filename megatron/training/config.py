@@ -423,11 +423,72 @@ class DataConfig:
     deadline (this project's earlier rules); by default megatron-core's rules give
     megatron-core's samples (see megatron/core/datasets/readme.md)."""
 
+    train_doc_idx_path: Optional[str] = None
+    """GPT: train on this document index (with --train-sample-idx-path and
+    --train-shuffle-idx-path: Megatron-DeepSpeed's `<prefix>_train_indexmap_exact<E>ep_<S>sl_
+    <seed>s_doc_idx.npy` written by tools/analyze_data.py) instead of the one built here; the
+    files are checked against the training split, and the `exact<E>ep` of the name sets
+    --train-data-exact-num-epochs."""
+
+    train_sample_idx_path: Optional[str] = None
+    """GPT: the sample index that goes with --train-doc-idx-path (`..._sample_idx.npy`)."""
+
+    train_shuffle_idx_path: Optional[str] = None
+    """GPT: the sample order that goes with --train-doc-idx-path (`..._shuffle_idx.npy`)."""
+
+    train_idx_path: Optional[str] = None
+    """BERT: train on this sample mapping (Megatron-DeepSpeed's `<prefix>_train_indexmap_exact
+    <E>ep_<S-3>msl_<ssp>ssp_<seed>s.npy` written by tools/analyze_data.py) instead of the one
+    built here; checked against the training split, its `exact<E>ep` sets
+    --train-data-exact-num-epochs."""
+
     def __post_init__(self) -> None:
+        self._check_forced_index()
         if not 0.0 <= self.mask_prob < 1.0:
             raise ValueError(f"--mask-prob must be in [0, 1), got {self.mask_prob}")
         if not 0.0 <= self.short_seq_prob <= 1.0:
             raise ValueError(f"--short-seq-prob must be in [0, 1], got {self.short_seq_prob}")
+
+    def _check_forced_index(self) -> None:
+        """The forced-index flags come as a set, and their files' epochs set (or agree with)
+        --train-data-exact-num-epochs."""
+        from megatron.core.datasets.forced_index import epochs_in_name
+
+        gpt = {
+            "--train-doc-idx-path": self.train_doc_idx_path,
+            "--train-sample-idx-path": self.train_sample_idx_path,
+            "--train-shuffle-idx-path": self.train_shuffle_idx_path,
+        }
+        given = {k: v for k, v in gpt.items() if v}
+        if given and len(given) != 3:
+            missing = sorted(set(gpt) - set(given))
+            raise ValueError(f"{', '.join(given)} also need {', '.join(missing)}")
+        if given and self.train_idx_path:
+            raise ValueError(
+                "--train-idx-path (BERT) and --train-doc-idx-path ... (GPT) exclude each other"
+            )
+        if self.train_idx_path:
+            given = {"--train-idx-path": self.train_idx_path}
+        for flag, path in given.items():
+            epochs = epochs_in_name(path)
+            exact = self.train_data_exact_num_epochs
+            if epochs is None and exact is None:
+                raise ValueError(
+                    f"{flag} {path}: the name does not say the epochs of the index (Megatron-"
+                    "DeepSpeed's ..._exact<E>ep_...); pass --train-data-exact-num-epochs E"
+                )
+            if epochs is not None and exact is not None and epochs != exact:
+                raise ValueError(
+                    f"{flag} {path} is an index of {epochs} epoch(s) but "
+                    f"--train-data-exact-num-epochs is {exact}; make them agree"
+                )
+            if exact is None:
+                self.train_data_exact_num_epochs = epochs
+
+    @property
+    def forced_train_index(self) -> bool:
+        """Whether the training split reads index files given on the command line."""
+        return bool(self.train_doc_idx_path or self.train_idx_path)
 
 
 @dataclasses.dataclass
@@ -435,7 +496,8 @@ class LoggingConfig:
     """Where metrics go."""
 
     tensorboard_dir: Optional[str] = None
-    """Write TensorBoard scalars here (needs the tensorboard package)."""
+    """Write TensorBoard scalars here (needs the tensorboard package; without it a warning says
+    so and training goes on, as in Megatron)."""
 
     log_jsonl: Optional[str] = None
     """Append every scalar the TensorBoard writer gets (losses, lr, schedules, the counters
@@ -447,7 +509,9 @@ class LoggingConfig:
     """Also write validation perplexity."""
 
     log_timers_to_tensorboard: bool = False
-    """Also write step timers."""
+    """Also write the per-phase step timers under Megatron's names, as `<name>-time` in seconds
+    per iteration: forward-backward, optimizer, batch-generator (reading the micro-batches) and
+    the pipeline exchanges (forward-recv, backward-send, forward-send-backward-recv, ...)."""
 
     wandb_project: Optional[str] = None
     """Weights & Biases project (needs the wandb package)."""

@@ -52,6 +52,32 @@ def build_datasets(dataset_cls, config, num_samples: Sequence[int]):
     return build_train_valid_test_datasets(dataset_cls, num_samples, config, **rank_zero_first())
 
 
+def force_train_index(run: RunConfig, train_dataset):
+    """The training dataset reading the index files of --train-doc-idx-path ... (GPT) or
+    --train-idx-path (BERT), checked against it; unchanged without those flags."""
+    from megatron.core.datasets.forced_index import force_bert_index, force_gpt_index
+
+    d = run.data
+    if train_dataset is None or not d.forced_train_index:
+        return train_dataset
+    is_bert = hasattr(train_dataset, "mapping")
+    is_gpt = hasattr(train_dataset, "shuffle_index")
+    if d.train_doc_idx_path and not is_gpt or d.train_idx_path and not is_bert:
+        flag = "--train-doc-idx-path" if d.train_doc_idx_path else "--train-idx-path"
+        raise ValueError(
+            f"{flag} does not fit a training split of {type(train_dataset).__name__} (GPT takes "
+            "--train-doc-idx-path / --train-sample-idx-path / --train-shuffle-idx-path, BERT "
+            "--train-idx-path, each for a single --data-path prefix)"
+        )
+    if is_gpt:
+        force_gpt_index(
+            train_dataset, d.train_doc_idx_path, d.train_sample_idx_path, d.train_shuffle_idx_path
+        )
+    else:
+        force_bert_index(train_dataset, d.train_idx_path)
+    return train_dataset
+
+
 class MockGPTDataset:
     """Random tokens for --mock-data (sample i is the same on every rank and every run)."""
 

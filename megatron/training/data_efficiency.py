@@ -53,6 +53,29 @@ logger = logging.getLogger(__name__)
 _POST_PROCESSING_METRICS = (SEQLEN_TRUNCATE, SEQLEN_RESHAPE)
 
 
+_DESCRIPTION_FLAGS = {  # dataset description key -> the training flag that sets it
+    "train_data_exact_num_epochs": "--train-data-exact-num-epochs",
+    "num_samples": "--train-samples",
+    "sequence_length": "--seq-length",
+    "random_seed": "--seed",
+}
+
+
+def _flags_to_match(theirs: Dict[str, Any], ours: Dict[str, Any]) -> str:
+    """The training flags (with the analysed values) that make this run's training split the
+    analysed one, when only such values differ; "" when the data or the split differ."""
+    differ = {k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k)}
+    if not differ or not differ <= set(_DESCRIPTION_FLAGS):
+        return ""
+    flags = []
+    for key in sorted(differ):
+        value = theirs.get(key)
+        if value is None and key == "train_data_exact_num_epochs":
+            return ""  # analysed without exact epochs: nothing to add to training
+        flags.append(f"{_DESCRIPTION_FLAGS[key]} {value}" if value is not None else "")
+    return " ".join(f for f in flags if f)
+
+
 class DataEfficiency:
     """Curriculum learning + random-LTD of one run (both may be off).
 
@@ -310,13 +333,14 @@ class DataEfficiency:
                 theirs = json.load(f).get("fingerprint", {}).get("source", {}).get("dataset")
             canonical = lambda d: json.dumps(d, sort_keys=True, default=str)  # noqa: E731
             if theirs is not None and canonical(theirs) != canonical(ours):
+                fix = _flags_to_match(theirs, ours)
                 raise ValueError(
                     f"curriculum metric {name}: {path} was analysed on another dataset than this "
                     "run's "
-                    f"training split ({info_path} records {theirs}, this run has {ours}); re-run "
-                    "tools/analyze_data.py with the training run's --data-path, --split, "
-                    "--seq-length, "
-                    "--seed and sample count"
+                    f"training split ({info_path} records {theirs}, this run has {ours}); "
+                    + (f"train with {fix}, or " if fix else "")
+                    + "re-run tools/analyze_data.py with the training run's --data-path, "
+                    "--split, --seq-length, --seed and sample count"
                 )
 
     # ---- checkpoints -----------------------------------------------------------------------

@@ -168,7 +168,10 @@ def build_sinks(logging_cfg, rank: int, config_dict: Dict) -> MetricSink:
         return MetricSink()
     sinks: List[MetricSink] = []
     if logging_cfg.tensorboard_dir:
-        sinks.append(TensorBoardSink(logging_cfg.tensorboard_dir))
+        try:
+            sinks.append(TensorBoardSink(logging_cfg.tensorboard_dir))
+        except ImportError as exc:  # as Megatron: warn and train on
+            logger.warning("%s; training without TensorBoard scalars", exc)
     if logging_cfg.log_jsonl:
         sinks.append(JsonlSink(logging_cfg.log_jsonl))
     if logging_cfg.wandb_project:

@@ -12,6 +12,7 @@ A pretraining script provides three callbacks (see pretrain_gpt.py):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -41,6 +42,7 @@ from .budget import (
     schedule_spans,
     train_num_samples,
 )
+from .data import force_train_index
 from .data_efficiency import build_data_efficiency
 from .data_samplers import CyclicSampler, PretrainingSampler
 from .initialize import Runtime, initialize, setup_logging
@@ -49,6 +51,7 @@ from .lr_scheduler import OptimizerParamScheduler
 from .metrics import IterationLogger, MetricSink, build_sinks, send_counters, step_flops
 from .microbatches import MicroBatchCalculator
 from .save_lock import acquire_save_lock
+from .timers import StepTimers, maybe_timers
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +115,13 @@ class TrainingContext:
     liveness: Optional[PeerLiveness] = None
     """Heartbeats and the watch on the job (None in a single process not run by torchrun)."""
 
+    timers: Optional[StepTimers] = None
+    """Per-phase timers (--log-timers-to-tensorboard; None when off)."""
+
+    def timed(self, name: str):
+        """Context manager timing its body under `name` (nothing without timers)."""
+        return self.timers(name) if self.timers is not None else contextlib.nullcontext()
+
     def schedule_args(
         self, data_iterator, num_microbatches: int, shape: Tuple[int, int], forward_only: bool
     ) -> ScheduleArgs:
@@ -130,7 +140,13 @@ class TrainingContext:
             no_sync_func=None if forward_only else no_sync,
             pstate=pstate,
             config=self.run.transformer,
+            p2p=self._timed_p2p(),
         )
+
+    def _timed_p2p(self):
+        if self.timers is None or self.rt.pstate.pp_size < 2:
+            return None
+        return self.timers.communicator(self.rt.pstate, next(self.model[0].parameters()).device)
 
     def schedule(self) -> Callable:
         """The forward/backward schedule of this rank's pipeline layout."""
@@ -299,7 +315,8 @@ def train_step(ctx: TrainingContext, data_iterator, plan: StepPlan, counts=None)
         m.zero_grad_buffer()
     ctx.optimizer.zero_grad()
     args = ctx.schedule_args(data_iterator, plan.num_microbatches, plan.shape, forward_only=False)
-    reports = ctx.schedule()(args)
+    with ctx.timed("forward-backward"):
+        reports = ctx.schedule()(args)
     finalize_model_grads(ctx.model, ctx.rt.pstate)
     report = _average_reports(reports, ctx.rt.pstate)  # the same values on every rank
     if counts is not None:  # the same totals on every rank
@@ -311,7 +328,8 @@ def train_step(ctx: TrainingContext, data_iterator, plan: StepPlan, counts=None)
     if check and bad:
         raise _non_finite(ctx, plan.step, ", ".join(f"{k} is {v}" for k, v in bad.items()))
     try:
-        ok, grad_norm, _ = ctx.optimizer.step(check_finite=check)
+        with ctx.timed("optimizer"):
+            ok, grad_norm, _ = ctx.optimizer.step(check_finite=check)
     except NonFiniteGradError as exc:
         raise _non_finite(ctx, plan.step, f"the gradient norm is {exc.grad_norm}") from None
     ctx.scheduler.step(plan.global_batch_size if ok else 0, plan.tokens, plan.layer_tokens)
@@ -526,6 +544,8 @@ def train(
             _check_samples_left(ctx, st, plan, samples_available)
             counts = [] if de.tokens_depend_on_data else None
             step_iter = de.step_iterator(data_iter, plan.step, plan.num_microbatches, counts=counts)
+            if ctx.timers is not None:
+                step_iter = ctx.timers.iterate("batch-generator", step_iter)
             step_start = time.perf_counter()
             log.timer.start()
             report, ok, grad_norm, plan = train_step(ctx, step_iter, plan, counts)
@@ -548,6 +568,8 @@ def train(
             if st.iteration % run.training.log_interval == 0:
                 loss_scale = ctx.optimizer.get_loss_scale()
                 lr = ctx.scheduler.get_lr()
+                if ctx.timers is not None:
+                    ctx.timers.write(ctx.sink, st.iteration, log.iterations)
                 log.log(st, lr, plan.global_batch_size, loss_scale, grad_norm, fields)
             reason = _after_step(ctx, st, valid_loader, exit_signal, start_time)
             if reason:
@@ -591,12 +613,15 @@ def _build_loaders(ctx: TrainingContext, st: TrainState, datasets_provider, n_tr
     run, rt = ctx.run, ctx.rt
     de, gbs = rt.data_efficiency, run.training.global_batch_size
     num_samples = [n_train, run.training.eval_iters * gbs, run.training.eval_iters * gbs]
-    if de.curriculum is not None and run.data.train_data_exact_num_epochs:
+    if run.data.forced_train_index or (
+        de.curriculum is not None and run.data.train_data_exact_num_epochs
+    ):
         # The curriculum workflow of Megatron-DeepSpeed: the train split holds exactly these
         # epochs (what the analysis saw) and the curriculum sampler cycles over it for
         # data_sampling.num_epochs.
         num_samples[0] = None
     train_ds, valid_ds, test_ds = datasets_provider(run, rt, num_samples)
+    train_ds = force_train_index(run, train_ds)
     sampler = None
     if train_ds is not None and de.curriculum is not None:
         vocab = rt.tokenizer.vocab_size
@@ -678,6 +703,7 @@ def _build_and_train(run, rt, acct, n_train, script: _Script, liveness, history)
         vocab_size=vocab,
         causal=script.model_type == "gpt",
         liveness=liveness,
+        timers=maybe_timers(run.logging.log_timers_to_tensorboard),
     )
     st = TrainState()
     de_state = resume.load_into(ctx, st) if run.checkpoint.load else None
