@@ -417,6 +417,16 @@ def _any_rank(flag: bool) -> bool:
     return bool(t.item())
 
 
+def _max_over_ranks(value: float) -> float:
+    """The largest `value` of all ranks (the value itself without torch.distributed)."""
+    if not dist.is_initialized():
+        return value
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def _budget_done(run: RunConfig, st: TrainState) -> bool:
     tr = run.training
     if tr.train_iters is not None and st.iteration >= tr.train_iters:
@@ -449,6 +459,8 @@ def save(ctx: TrainingContext, st: TrainState) -> None:
             "--load"
         )
     rt.last_saved_iteration = st.iteration
+    # every rank timed its own steps: store one value, the slowest rank's (all files agree)
+    st.train_time_s = _max_over_ranks(st.train_time_s)
     de = rt.data_efficiency
     content = ckpt.CheckpointContent(
         iteration=st.iteration,
