@@ -138,15 +138,20 @@ class JsonlSink(MetricSink):
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         self.path = path
-        self._file = open(path, "a", encoding="utf-8")
+        self._file = None
 
     def scalar(self, name, value, step):
+        if self._file is None:  # line-buffered: a killed run keeps every line it wrote
+            self._file = open(self.path, "a", encoding="utf-8", buffering=1)
         value = float(value)
         row = {"step": int(step), "name": name, "value": value if math.isfinite(value) else None}
         self._file.write(json.dumps(row) + "\n")
 
     def flush(self):
-        self._file.flush()
+        """Close the file (the next scalar opens it again)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
 
 
 class MultiSink(MetricSink):
