@@ -55,6 +55,16 @@ def _style(name: str) -> Dict:
     return style
 
 
+def _save(fig, ax, xlabel: str, ylabel: str, path: pathlib.Path) -> None:
+    """Axis titles, grid and legend of a one-panel figure, written to `path`."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def heldout(runs: Dict[str, RunLog], x: str, path: pathlib.Path) -> bool:
     """Held-out loss against `x` (tokens, seconds or flops), one line per run; False (and no
     file) when no run has that axis."""
@@ -67,12 +77,7 @@ def heldout(runs: Dict[str, RunLog], x: str, path: pathlib.Path) -> bool:
             ax.plot([getattr(p, x) for p in pts], [p.loss for p in pts], label=name, **_style(name))
             drawn += 1
     if drawn:
-        ax.set_xlabel(AXES[x])
-        ax.set_ylabel("held-out loss (full length)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        _save(fig, ax, AXES[x], "held-out loss (full length)", path)
     plt.close(fig)
     return bool(drawn)
 
@@ -111,12 +116,7 @@ def tokens_per_step(runs: Dict[str, RunLog], path: pathlib.Path) -> bool:
             ax.plot(*zip(*rates), label=name, **_style(name))
             drawn += 1
     if drawn:
-        ax.set_xlabel("step")
-        ax.set_ylabel("tokens per step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
+        _save(fig, ax, "step", "tokens per step", path)
     plt.close(fig)
     return bool(drawn)
 

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import pathlib
 import statistics
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .grid import RunSpec
+from megatron.core.files import atomic_write_json, atomic_write_text
+
+from . import plots
+from .grid import VARIANTS, RunSpec
 from .runlog import EvalPoint, RunLog
 
 COSTS = ("tokens", "seconds", "flops")
@@ -120,8 +124,6 @@ class Row:
 
 def rows(res: List[RunResult]) -> List[Row]:
     """The results grouped by (variant, share), baseline 100% first."""
-    from .grid import VARIANTS
-
     groups: Dict[Tuple[str, int], List[RunResult]] = {}
     for r in res:
         groups.setdefault((r.spec.variant, r.spec.percent), []).append(r)
@@ -197,13 +199,6 @@ def write_report(
 ) -> Dict:
     """report.md (tables and figures), report.json and figures/ in `folder`; returns the
     report.json content."""
-    import json
-    import pathlib
-
-    from megatron.core.files import atomic_write_text
-
-    from . import plots
-
     folder = pathlib.Path(folder)
     res = results(runs)
     figures = plots.plot_all({s.name: log for s, log in runs.items()}, folder / "figures")
@@ -229,5 +224,5 @@ def write_report(
         parts.extend(f"\n![{f}](figures/{f})\n" for f in figures)
     atomic_write_text(str(folder / "report.md"), "".join(parts))
     content = {"title": title, "command": command, "runs": summary(res), "figures": figures}
-    atomic_write_text(str(folder / "report.json"), json.dumps(content, indent=1) + "\n")
+    atomic_write_json(str(folder / "report.json"), content)
     return content

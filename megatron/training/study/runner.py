@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from megatron.core.files import atomic_write_text
+from megatron.core.files import atomic_write_json
 
 from .grid import DataPaths, RunSpec, StudyConfig, data_args, ds_config_argv, grid, train_argv
 
@@ -41,6 +41,12 @@ REPO = pathlib.Path(__file__).resolve().parents[3]
 
 class StudyError(RuntimeError):
     """A study step that failed; the message names the run or step, its log and the fix."""
+
+
+RERUN_HINT = (
+    "Fix the cause and run the study again: finished runs are kept and this one resumes from "
+    "its last checkpoint"
+)
 
 
 @dataclasses.dataclass
@@ -97,8 +103,7 @@ class Study:
             tail = "".join(log.read_text(errors="replace").splitlines(True)[-15:])
             raise StudyError(
                 f"{what} failed (exit {res.returncode}); its output is in {log}, last lines:\n"
-                f"{tail}\nFix the cause and run the study again: finished runs are kept and "
-                "this one resumes from its last checkpoint"
+                f"{tail}\n{RERUN_HINT}"
             )
 
     # ---- data ------------------------------------------------------------------------------
@@ -193,7 +198,7 @@ class Study:
             logger.info("[dry run] %s", " ".join(argv))
             return "dry-run"
         folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(str(folder / "command.json"), json.dumps(argv, indent=1) + "\n")
+        atomic_write_json(str(folder / "command.json"), argv)
         if ds_config is not None:
             analysis = str(self.seed_dir(spec.seed) / "analysis")
             self._call(
@@ -208,7 +213,7 @@ class Study:
         else:
             self._call(argv, folder / "train.log", f"run {spec.name}")
         record = {"state": "done", "process_wall_s": round(time.time() - start, 3)}
-        atomic_write_text(str(status), json.dumps(record) + "\n")
+        atomic_write_json(str(status), record)
         return "done"
 
     def _train_in_process(self, script: str, flags: List[str], log: pathlib.Path, name: str):
@@ -239,8 +244,7 @@ class Study:
                     logging.getLogger(__name__).exception("training failed: %s", exc)
                     raise StudyError(
                         f"run {name} failed ({type(exc).__name__}: {exc}); its output is in "
-                        f"{log}. Fix the cause and run the study again: finished runs are kept "
-                        "and this one resumes from its last checkpoint"
+                        f"{log}. {RERUN_HINT}"
                     ) from exc
         finally:
             root.handlers[:] = handlers
