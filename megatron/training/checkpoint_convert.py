@@ -46,6 +46,7 @@ from megatron.core.tensor_parallel.init import shard_of
 from megatron.core.transformer.config import TransformerConfig
 
 from . import checkpointing as ckpt
+from .checkpoint_names import upgrade_bert_names
 
 logger = logging.getLogger(__name__)
 
@@ -225,7 +226,7 @@ def chunk_specs(args, model_type: str, layout: Layout, padded_vocab: int):
 
 def infer_model_type(model_keys) -> str:
     """BERT when the checkpoint has its masked-LM head or token-type embeddings, else GPT."""
-    bert = ("lm_head.", "embedding.tokentype_embeddings.")
+    bert = ("lm_head.", "encoder.", "embedding.tokentype_embeddings.")
     return "BERT" if any(k.startswith(bert) for k in model_keys) else "GPT"
 
 
@@ -426,6 +427,10 @@ def load_merged(
     model_type = model_type or infer_model_type([name for c in chunks for name in c])
     if model_type not in MODEL_TYPES:
         raise ValueError(f"--model-type must be one of {MODEL_TYPES}, got {model_type!r}")
+    if model_type == "BERT":
+        for key, sd in files.items():
+            upgrade_bert_names(sd, f"{load_dir} (TP rank {key[0]}, PP rank {key[1]})")
+        first_model = first[_model_key(layout, 0)]
     vocab = first_model[WORD_EMBEDDINGS].shape[0] * layout.tp
     specs = chunk_specs(args, model_type, layout, vocab)
     skip = {"args", "optimizer", "rng_state"}

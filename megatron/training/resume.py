@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from megatron.core.utils import unwrap_model
 
 from . import checkpointing as ckpt
+from .checkpoint_names import upgrade_bert_names
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +255,10 @@ def load_into(ctx, st):
         logger.info("no checkpoint in --load %s yet: starting from scratch", ck.load)
         return None
     try:
-        ckpt.restore_model(sd, [unwrap_model(m) for m in ctx.model])
+        chunks = [unwrap_model(m) for m in ctx.model]
+        if chunks[0].block_name == "encoder":
+            upgrade_bert_names(sd, path)
+        ckpt.restore_model(sd, chunks)
         if ck.finetune:
             logger.info("loaded model weights from %s (finetune: iteration 0)", path)
             return None

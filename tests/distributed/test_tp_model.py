@@ -275,7 +275,7 @@ def test_bert_tensor_parallel_matches_serial():
 # ---- a vocabulary padded differently at TP = 1 and TP = 2 -----------------------------------
 # 70 ids with --make-vocab-size-divisible-by 16: 80 rows at TP 1, 96 at TP 2.
 TRUE_VOCAB, ROWS_TP1, ROWS_TP2 = 70, 80, 96
-VOCAB_SIZED = (WORD_EMB, "output_layer.weight", "lm_head.bias")
+VOCAB_SIZED = (WORD_EMB, "output_layer.weight", "output_layer.bias")
 
 
 def real_rows(grads: Dict[str, torch.Tensor], where: str) -> Dict[str, torch.Tensor]:

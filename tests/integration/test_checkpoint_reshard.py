@@ -6,6 +6,7 @@ restores the original files bit for bit."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -241,8 +242,24 @@ def test_tp1_to_interleaved_tp2pp2_untied_rope(tmp_path):
     assert_same_losses(got, expect)
 
 
+def write_legacy_copy(src, dst) -> None:
+    """Copy a BERT checkpoint and rewrite every shard with the names earlier versions wrote."""
+    from tests.unit.test_checkpoint_names import to_legacy
+
+    shutil.copytree(src, dst)
+    it, release = ckpt.read_tracker(str(dst))
+    folder = ckpt.checkpoint_dir(str(dst), it, release)
+    for shard in sorted(os.listdir(folder)):
+        path = os.path.join(folder, shard, "model_optim_rng.pt")
+        legacy = to_legacy(torch.load(path, map_location="cpu", weights_only=True))
+        assert any(k.startswith("decoder.") for k in legacy.get("model", {}))
+        ckpt.save_shard(legacy, path)
+
+
 @pytest.mark.slow
 def test_bert_tp2pp2_to_tp1pp1_dp2(tmp_path):
+    """Also: the same checkpoint with the names earlier versions wrote (`decoder.*`,
+    `lm_head.bias`, ...) resumes and converts exactly like today's."""
     from tests.integration.test_layout_matrix import write_bert_corpus
 
     write_bert_corpus(str(tmp_path / "corpus"))
@@ -257,6 +274,12 @@ def test_bert_tp2pp2_to_tp1pp1_dp2(tmp_path):
     np.testing.assert_allclose(
         [h["sop loss"] for h in got], [h["sop loss"] for h in expect], rtol=1e-5
     )
+    write_legacy_copy(tmp_path / "A", tmp_path / "L")
+    legacy = train("bert", base, 2, 2, None, 1, ["--load", str(tmp_path / "L")])
+    assert_same_losses(legacy, expect)
+    assert [h["sop loss"] for h in legacy] == [h["sop loss"] for h in expect]
+    assert convert(tmp_path / "L", tmp_path / "LC", 1, 1) == 0
+    assert_equal_nested(files_of(tmp_path / "LC"), files_of(tmp_path / "C"))
 
 
 def test_target_vocab_needs_the_true_size_when_ambiguous():

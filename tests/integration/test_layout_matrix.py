@@ -266,7 +266,7 @@ def test_layout_matches_single_process(references, tmp_path, model, tp, pp, dp, 
 # 16 x TP pads them to 80 rows at TP 1 and 96 at TP 2. The layouts above need no extra padding.
 PADDED_VOCAB = ["--vocab-size", "69", "--make-vocab-size-divisible-by", "16"]
 TRUE_VOCAB = 70
-VOCAB_SIZED = ("embedding.word_embeddings.weight", "output_layer.weight", "lm_head.bias")
+VOCAB_SIZED = ("embedding.word_embeddings.weight", "output_layer.weight", "output_layer.bias")
 
 
 def real_rows(weights: Dict[str, torch.Tensor], what: str) -> Dict[str, torch.Tensor]:

@@ -190,20 +190,20 @@ def _ref_bert(model, cfg, ids, types, padding, labels):
     )
     mask = torch.zeros(b, 1, 1, s).masked_fill((padding == 0).view(b, 1, 1, s), float("-inf"))
     for i in range(cfg.num_layers):
-        x = _ref_layer(p, f"decoder.layers.{i}.", x, mask, cfg.num_attention_heads)
+        x = _ref_layer(p, f"encoder.layers.{i}.", x, mask, cfg.num_attention_heads)
     x = F.layer_norm(
         x,
         (cfg.hidden_size,),
-        p["decoder.final_layernorm.weight"],
-        p["decoder.final_layernorm.bias"],
+        p["encoder.final_layernorm.weight"],
+        p["encoder.final_layernorm.bias"],
     )
     t = F.gelu(x @ p["lm_head.dense.weight"].t() + p["lm_head.dense.bias"])
     t = F.layer_norm(
-        t, (cfg.hidden_size,), p["lm_head.layernorm.weight"], p["lm_head.layernorm.bias"]
+        t, (cfg.hidden_size,), p["lm_head.layer_norm.weight"], p["lm_head.layer_norm.bias"]
     )
-    logits = t @ p["embedding.word_embeddings.weight"].t() + p["lm_head.bias"]
+    logits = t @ p["embedding.word_embeddings.weight"].t() + p["output_layer.bias"]
     lm = F.cross_entropy(logits.reshape(-1, V), labels.reshape(-1), reduction="none").view(b, s)
-    pooled = torch.tanh(x[:, 0] @ p["pooler.weight"].t() + p["pooler.bias"])
+    pooled = torch.tanh(x[:, 0] @ p["pooler.dense.weight"].t() + p["pooler.dense.bias"])
     return lm, pooled @ p["binary_head.weight"].t() + p["binary_head.bias"]
 
 

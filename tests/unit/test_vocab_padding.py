@@ -18,7 +18,7 @@ from tools import generate as generate_tool
 TRUE_VOCAB, S, B = 70, 12, 3
 # 70 ids padded by --make-vocab-size-divisible-by 16: 80 rows at TP 1, 96 at TP 2 (and 70 = none).
 PADDINGS = (70, 80, 96)
-VOCAB_SIZED = ("embedding.word_embeddings.weight", "output_layer.weight", "lm_head.bias")
+VOCAB_SIZED = ("embedding.word_embeddings.weight", "output_layer.weight", "output_layer.bias")
 
 
 def _cfg(**kw) -> TransformerConfig:

@@ -29,32 +29,53 @@ def _linear(in_f: int, out_f: int, config: TransformerConfig) -> torch.nn.Linear
 
 
 class BertLMHead(torch.nn.Module):
-    """dense -> GeLU -> norm -> logits against the (tied) word embeddings + a vocab-parallel
-    bias."""
+    """dense -> GeLU -> norm; the model then takes logits against the (tied) word embeddings
+    plus the vocab-parallel `output_layer.bias`."""
 
-    def __init__(
-        self,
-        config: TransformerConfig,
-        vocab_size: int,
-        tp_group=None,
-        true_vocab_size: Optional[int] = None,
-    ):
+    def __init__(self, config: TransformerConfig):
         super().__init__()
         self.dense = _linear(config.hidden_size, config.hidden_size, config)
-        self.layernorm = build_norm(config, config.hidden_size)
-        per = vocab_size // group_size(tp_group)
-        self.bias = torch.nn.Parameter(torch.empty(per, dtype=config.params_dtype))
-        set_init(self.bias, "zeros")
-        mark_tensor_parallel(self.bias, 0)
-        mark_vocab_padding(self.bias, true_vocab_size)
+        self.layer_norm = build_norm(config, config.hidden_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         """[s, b, h] -> transformed [s, b, h] (logits are taken by the model)."""
-        return self.layernorm(F.gelu(self.dense(hidden)))
+        return self.layer_norm(F.gelu(self.dense(hidden)))
+
+
+class BertPooler(torch.nn.Module):
+    """tanh(dense(h)) of the first ([CLS]) position."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.dense = _linear(config.hidden_size, config.hidden_size, config)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[s, b, h] -> pooled [b, h]."""
+        return torch.tanh(self.dense(hidden[0]))
+
+
+class _OutputBias(torch.nn.Module):
+    """The output layer of a BERT chunk whose MLM head reuses the word embeddings of the same
+    chunk: only the bias (megatron-core's `output_layer.bias`)."""
+
+    weight = None
+
+
+def _add_output_bias(layer: torch.nn.Module, per_rank: int, config, true_vocab_size) -> None:
+    """Give `layer` the vocab-parallel MLM bias (zeros; padding ids marked)."""
+    layer.bias = torch.nn.Parameter(torch.empty(per_rank, dtype=config.params_dtype))
+    set_init(layer.bias, "zeros")
+    mark_tensor_parallel(layer.bias, 0)
+    mark_vocab_padding(layer.bias, true_vocab_size)
 
 
 class BertModel(LanguageModelChunk):
     """One pipeline chunk of a BERT model.
+
+    Parameter names are megatron-core's: `embedding.*`, `encoder.layers.N.*`,
+    `encoder.final_layernorm`, `lm_head.dense`, `lm_head.layer_norm`, `output_layer.bias` (the
+    MLM bias; plus `output_layer.weight`, the last stage's copy of the word embeddings, when
+    they are on another stage), `pooler.dense`, `binary_head`.
 
     Args:
         config: transformer configuration.
@@ -83,6 +104,7 @@ class BertModel(LanguageModelChunk):
         true_vocab_size: Optional[int] = None,
     ):
         super().__init__()
+        self.block_name = "encoder"
         pstate = pstate or ParallelState.single()
         offset, num_layers = self._place(config, pstate, pre_process, post_process, vp_rank)
         self._set_vocab(vocab_size, true_vocab_size)
@@ -98,15 +120,20 @@ class BertModel(LanguageModelChunk):
                 rng_tracker,
                 self.true_vocab_size,
             )
-        self.decoder = TransformerBlock(
+        self.encoder = TransformerBlock(
             config, offset, num_layers, False, post_process, tp_group, rng_tracker
         )
         if post_process:
-            self.lm_head = BertLMHead(config, vocab_size, tp_group, self.true_vocab_size)
+            self.lm_head = BertLMHead(config)
         # The MLM head always uses the word embeddings; the heads see the gathered sequence.
         self._build_output_layer(vocab_size, tied=True, sequence_parallel=False)
+        if post_process:
+            if self.output_layer is None:
+                self.output_layer = _OutputBias()
+            per_rank = vocab_size // group_size(tp_group)
+            _add_output_bias(self.output_layer, per_rank, config, self.true_vocab_size)
         if post_process and add_binary_head:
-            self.pooler = _linear(config.hidden_size, config.hidden_size, config)
+            self.pooler = BertPooler(config)
             self.binary_head = _linear(config.hidden_size, 2, config)
         self._input_tensor: Optional[torch.Tensor] = None
 
@@ -150,7 +177,7 @@ class BertModel(LanguageModelChunk):
                     "this BERT chunk is not the first pipeline stage: pass hidden_input or call "
                     "set_input_tensor with the previous stage's activations first"
                 )
-        hidden = self.decoder(hidden, attention_mask, None, random_ltd)
+        hidden = self.encoder(hidden, attention_mask, None, random_ltd)
         if not self.post_process:
             return hidden
         return self._heads(hidden, lm_labels)
@@ -162,10 +189,10 @@ class BertModel(LanguageModelChunk):
             hidden = gather_from_sequence_parallel_region(hidden, tp_group, grad_is_partial=False)
         binary_logits = None
         if self.add_binary_head:
-            pooled = torch.tanh(self.pooler(hidden[0]))  # [CLS] state, [b, h]
+            pooled = self.pooler(hidden)  # [CLS] state, [b, h]
             binary_logits = self.binary_head(pooled)  # [b, 2]
         transformed = self.lm_head(hidden)  # [s, b, h]
         logits = parallel_lm_logits(
-            transformed, self.output_weight(), tp_group, False, self.lm_head.bias
+            transformed, self.output_weight(), tp_group, False, self.output_layer.bias
         )
         return self._loss_or_logits(logits, lm_labels), binary_logits

@@ -118,7 +118,7 @@ class LanguageModelEmbedding(torch.nn.Module):
             return F.dropout(emb, p=p, training=p > 0)
 
 
-_LAYER_RE = re.compile(r"^decoder\.layers\.(\d+)\.")
+_LAYER_RE = re.compile(r"^(decoder|encoder)\.layers\.(\d+)\.")
 
 
 def global_named_parameters(model: torch.nn.Module) -> Iterator[Tuple[str, torch.nn.Parameter]]:
@@ -127,12 +127,12 @@ def global_named_parameters(model: torch.nn.Module) -> Iterator[Tuple[str, torch
     The names are the same for a layer wherever the pipeline layout puts it, so they key both
     initialisation and checkpoints.
     """
-    layers = model.decoder.layers
+    layers = model.transformer_block.layers
     for name, p in model.named_parameters():
         m = _LAYER_RE.match(name)
         if m:
-            global_idx = layers[int(m.group(1))].layer_id
-            name = f"decoder.layers.{global_idx}." + name[m.end() :]
+            global_idx = layers[int(m.group(2))].layer_id
+            name = f"{m.group(1)}.layers.{global_idx}." + name[m.end() :]
         yield name, p
 
 
@@ -143,7 +143,17 @@ class LanguageModelChunk(torch.nn.Module):
     Subclasses call `_place` and `_set_vocab` first, set `embedding` (first stage), then call
     `_build_output_layer` (a separate output projection, or None when the last stage reuses the
     word embeddings).
+
+    The transformer stack is the attribute named by `block_name`: `decoder` (GPT) or `encoder`
+    (BERT), as in megatron-core, so parameter names match megatron-core's.
     """
+
+    block_name = "decoder"
+
+    @property
+    def transformer_block(self) -> torch.nn.Module:
+        """This chunk's TransformerBlock (`decoder` or `encoder`, see `block_name`)."""
+        return getattr(self, self.block_name)
 
     def _place(
         self,
@@ -242,6 +252,7 @@ class LanguageModelChunk(torch.nn.Module):
 
     def output_weight(self) -> torch.Tensor:
         """The weight that maps hidden states to this rank's vocabulary shard of logits."""
-        if self.output_layer is not None:
-            return self.output_layer.weight
+        weight = getattr(self.output_layer, "weight", None)
+        if weight is not None:
+            return weight
         return self.embedding.word_embeddings.weight
