@@ -97,6 +97,26 @@ def test_tp2pp2_to_tp1pp1_continues_like_the_original(tp2pp2):
     assert_same_losses(got, expect)
 
 
+def test_serial_model_of_a_tp2pp2_checkpoint_is_its_tp1pp1_conversion(tp2pp2, tmp_path):
+    """`serial_model` builds one process's model from any layout: the same model that
+    generation builds from the checkpoint converted to TP 1 / PP 1."""
+    from megatron.training.serial_model import load_serial_model
+    from tools.generate import model_from_checkpoint, read_checkpoint
+
+    root, _ = tp2pp2
+    assert convert(root / "A", tmp_path / "C", 1, 1) == 0
+    true_vocab = 61  # GPT_ARGS' NullTokenizer, padded to 64
+    reference = model_from_checkpoint(read_checkpoint(str(tmp_path / "C")), true_vocab)
+    model, merged = load_serial_model(str(root / "A"), true_vocab_size=true_vocab)
+    assert (merged.layout.tp, merged.layout.pp, merged.iteration) == (2, 2, 3)
+    ids = torch.randint(0, true_vocab, (2, 16), generator=torch.Generator().manual_seed(0))
+    pos = torch.arange(16).expand(2, 16)
+    with torch.no_grad():
+        got, expect = model(ids, pos), reference(ids, pos)
+    assert got.shape == (2, 16, true_vocab)
+    torch.testing.assert_close(got, expect, rtol=0, atol=0)
+
+
 def test_round_trip_restores_the_files_bit_for_bit(tp2pp2, tmp_path):
     root, _ = tp2pp2
     assert convert(root / "A", tmp_path / "one", 1, 1) == 0
@@ -280,6 +300,20 @@ def test_bert_tp2pp2_to_tp1pp1_dp2(tmp_path):
     assert [h["sop loss"] for h in legacy] == [h["sop loss"] for h in expect]
     assert convert(tmp_path / "L", tmp_path / "LC", 1, 1) == 0
     assert_equal_nested(files_of(tmp_path / "LC"), files_of(tmp_path / "C"))
+    assert_same_serial_bert(tmp_path / "A", tmp_path / "C")
+
+
+def assert_same_serial_bert(tp2pp2, tp1pp1) -> None:
+    from megatron.training.serial_model import load_serial_model
+
+    (a, ma), (c, _) = load_serial_model(str(tp2pp2)), load_serial_model(str(tp1pp1))
+    assert (ma.model_type, ma.layout.tp, ma.layout.pp) == ("BERT", 2, 2)
+    vocab = ma.model["embedding.word_embeddings.weight"].shape[0]
+    ids = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(1))
+    types, padding = torch.zeros_like(ids), torch.ones_like(ids)
+    with torch.no_grad():
+        for x, y in zip(a(ids, padding, types), c(ids, padding, types)):
+            torch.testing.assert_close(x, y, rtol=0, atol=0)
 
 
 def test_target_vocab_needs_the_true_size_when_ambiguous():
