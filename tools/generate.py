@@ -4,7 +4,8 @@
     python tools/generate.py --load runs/quickstart/checkpoints --prompt "It is a truth" \\
         --max-new-tokens 60 --top-k 40 --temperature 0.8
 
-The architecture and the tokenizer are read from the checkpoint's stored arguments (the tokenizer
+The checkpoint may be of any TP / PP / virtual-PP layout (it is merged into one model here). The
+architecture and the tokenizer are read from the checkpoint's stored arguments (the tokenizer
 files must still exist at the stored paths, or pass --vocab-file / --merge-file /
 --tokenizer-model).
 Greedy decoding with --greedy; otherwise temperature sampling restricted by --top-k and/or --top-p.
@@ -26,6 +27,8 @@ from megatron.core.models import GPTModel  # noqa: E402
 from megatron.core.transformer import TransformerConfig  # noqa: E402
 from megatron.tokenizer import TokenizerConfig, build_tokenizer  # noqa: E402
 from megatron.training import checkpointing as ckpt  # noqa: E402
+from megatron.training.checkpoint_convert import load_merged  # noqa: E402
+from megatron.training.serial_model import build_serial_model  # noqa: E402
 
 
 def sample_next(
@@ -48,7 +51,8 @@ def sample_next(
 
 
 def read_checkpoint(load: str, iteration: Optional[int] = None) -> dict:
-    """The state dict of a TP=1, PP=1 GPT checkpoint (its stored arguments under "args")."""
+    """The state dict of a TP=1, PP=1 GPT checkpoint (its stored arguments under "args"); one
+    file read as it is, without merging (main() reads any layout with `load_merged`)."""
     it, release = (iteration, False) if iteration is not None else ckpt.read_tracker(load)
     if it is None:
         raise FileNotFoundError(f"{load}: no {ckpt.TRACKER_FILENAME}; is this a --save folder?")
@@ -135,13 +139,15 @@ def main(argv=None) -> int:
     p.add_argument("--merge-file", default=None)
     p.add_argument("--tokenizer-model", default=None)
     a = p.parse_args(argv)
-    sd = read_checkpoint(a.load, a.ckpt_step)
-    args = sd["args"]
+    merged = load_merged(a.load, a.ckpt_step)  # any TP / PP layout, merged on this process
+    if merged.model_type != "GPT":
+        raise SystemExit(f"{a.load} holds a {merged.model_type} checkpoint; generation needs GPT")
+    args = merged.args
     files = {k: getattr(a, k) for k in ("vocab_file", "merge_file", "tokenizer_model")}
     tokenizer = build_stored_tokenizer(args, files)
     # Only the tokenizer's ids are candidates: the padding ids of the embedding are left out.
-    model = model_from_checkpoint(sd, tokenizer.vocab_size)
-    del sd
+    model = build_serial_model(merged, tokenizer.vocab_size)
+    del merged
     max_len = args["model"]["seq_length"]
     for i, prompt in enumerate(a.prompt or ["It is a truth universally acknowledged"]):
         ids = tokenizer.tokenize(prompt)
