@@ -23,8 +23,9 @@ import logging
 import sys
 from typing import List, Optional
 
-from megatron.training.checkpoint_convert import MODEL_TYPES, convert_checkpoint
+from megatron.training.checkpoint_convert import MODEL_TYPES, convert_checkpoint, write_merged
 from megatron.training.checkpointing import CheckpointError
+from megatron.training.foreign_checkpoint import read_megatron_lm
 
 logger = logging.getLogger("checkpoint_util")
 
@@ -86,9 +87,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--loader",
-        choices=("megatron",),
+        choices=("megatron", "megatron-lm"),
         default="megatron",
-        help="Accepted for compatibility with Megatron launch scripts.",
+        help="megatron: a checkpoint of this framework; megatron-lm: a GPT checkpoint saved by "
+        "Megatron-LM with --ckpt-format torch (legacy or megatron-core models; imported without "
+        "its optimizer state).",
+    )
+    parser.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="With --loader megatron-lm: load files holding Python objects beyond tensors and "
+        "the argument Namespace (torch.load weights_only=False; only for files you trust).",
     )
     parser.add_argument(
         "--saver",
@@ -99,11 +108,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _import_megatron_lm(args) -> int:
+    merged = read_megatron_lm(args.load_dir, args.iteration, args.allow_pickle)
+    folder = write_merged(
+        merged,
+        args.save_dir,
+        args.target_tensor_parallel_size,
+        args.target_pipeline_parallel_size,
+        args.target_num_layers_per_virtual_pipeline_stage,
+        true_vocab_size=args.true_vocab_size,
+        keep_optimizer=False,
+        source=args.load_dir,
+    )
+    logger.info("wrote %s (no optimizer state: the run starts a fresh optimizer)", folder)
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Run the conversion; returns the process exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        if args.loader == "megatron-lm":
+            return _import_megatron_lm(args)
         folder = convert_checkpoint(
             args.load_dir,
             args.save_dir,

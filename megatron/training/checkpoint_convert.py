@@ -671,6 +671,31 @@ def convert_checkpoint(
     file is checked against its checksum unless `verify` is False.
     """
     merged = load_merged(load_dir, iteration, model_type, verify)
+    return write_merged(
+        merged,
+        save_dir,
+        target_tensor_parallel_size,
+        target_pipeline_parallel_size,
+        target_num_layers_per_virtual_pipeline_stage,
+        true_vocab_size=true_vocab_size,
+        keep_optimizer=keep_optimizer,
+        source=load_dir,
+    )
+
+
+def write_merged(
+    merged: MergedCheckpoint,
+    save_dir: str,
+    target_tensor_parallel_size: int,
+    target_pipeline_parallel_size: int,
+    target_num_layers_per_virtual_pipeline_stage: Optional[int] = None,
+    *,
+    true_vocab_size: Optional[int] = None,
+    keep_optimizer: bool = True,
+    source: str = "checkpoint",
+) -> str:
+    """Split a merged checkpoint into the target layout and save it (see `save_files`);
+    returns the new iteration folder."""
     target = target_layout(
         merged.args,
         target_tensor_parallel_size,
@@ -681,7 +706,7 @@ def convert_checkpoint(
     folder = save_files(files, save_dir, merged.iteration, merged.release, target.pp)
     logger.info(
         "converted %s (%s, iteration %d) to %s in %s",
-        load_dir,
+        source,
         merged.layout,
         merged.iteration,
         target,

@@ -1,0 +1,200 @@
+"""tools/checkpoint_util.py --loader megatron-lm: Megatron-LM GPT checkpoints (legacy and
+megatron-core names, `--ckpt-format torch`, TP 2 x PP 2) come in as the same model.
+
+The source checkpoints are written by the test in Megatron-LM's layout from one of ours: nested
+`language_model` dicts (or megatron-core names with Transformer-Engine's fused norms and
+`_extra_state` entries), layers numbered from 0 in every pipeline stage, the last stage's tied
+copy as `word_embeddings_for_head`, and `args` an argparse.Namespace with Megatron-LM's names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import re
+
+import pytest
+import torch
+
+from megatron.training import checkpointing as ckpt
+from megatron.training.serial_model import load_serial_model
+from tests.integration.test_checkpoint_reshard import GPT, train
+from tools import checkpoint_util
+
+_TO_LEGACY_LAYER = (
+    ("self_attention.linear_qkv.", "self_attention.query_key_value."),
+    ("self_attention.linear_proj.", "self_attention.dense."),
+    ("pre_mlp_layernorm.", "post_attention_layernorm."),
+    ("mlp.linear_fc1.", "mlp.dense_h_to_4h."),
+    ("mlp.linear_fc2.", "mlp.dense_4h_to_h."),
+)
+
+
+def _namespace(args, tp, pp) -> argparse.Namespace:
+    t, m, k = args["transformer"], args["model"], args["tokenizer"]
+    return argparse.Namespace(
+        num_layers=t["num_layers"], hidden_size=t["hidden_size"],
+        ffn_hidden_size=t["ffn_hidden_size"], num_attention_heads=t["num_attention_heads"],
+        kv_channels=t["kv_channels"], swiglu=t["swiglu"], add_bias_linear=t["add_bias_linear"],
+        normalization=t["normalization"], layernorm_epsilon=t["layernorm_epsilon"],
+        position_embedding_type=t["position_embedding_type"],
+        seq_length=m["seq_length"], max_position_embeddings=m["max_position_embeddings"],
+        make_vocab_size_divisible_by=m["make_vocab_size_divisible_by"],
+        untie_embeddings_and_output_weights=m["untie_embeddings_and_output_weights"],
+        tokenizer_type=k["tokenizer_type"], vocab_size=k["vocab_size"],
+        tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        micro_batch_size=2, global_batch_size=8, fp16=False, bf16=False,
+        apply_residual_connection_post_layernorm=False, consumed_train_samples=24,
+        iteration=3, padded_vocab_size=64,
+    )  # fmt: skip
+
+
+def _local(name: str, offset: int, legacy: bool):
+    """Our global name -> Megatron-LM's name inside one stage (layers numbered from 0)."""
+    m = re.match(r"decoder\.layers\.(\d+)\.(.*)$", name)
+    if m:
+        rest = m.group(2)
+        if legacy:
+            for new, old in _TO_LEGACY_LAYER:
+                rest = rest.replace(new, old)
+            return f"language_model.encoder.layers.{int(m.group(1)) - offset}.{rest}"
+        rest = rest.replace("input_layernorm.", "self_attention.linear_qkv.layer_norm_")
+        rest = rest.replace("pre_mlp_layernorm.", "mlp.linear_fc1.layer_norm_")
+        return f"decoder.layers.{int(m.group(1)) - offset}.{rest}"
+    if not legacy:
+        return name
+    if name.startswith("embedding."):
+        return "language_model." + name
+    if name.startswith("decoder.final_layernorm."):
+        return name.replace("decoder.", "language_model.encoder.", 1)
+    if name == "output_layer.weight":
+        return "word_embeddings_for_head.weight"  # the tied copy of a last stage
+    raise AssertionError(name)
+
+
+def _nest(flat):
+    root = {}
+    for name, t in flat.items():
+        parts = name.split(".")
+        node = root
+        for p in parts[:-2]:
+            node = node.setdefault(p, {})
+        if parts[0] in ("language_model", "word_embeddings_for_head"):
+            node.setdefault(parts[-2], {})[parts[-1]] = t
+        else:
+            node[".".join(parts[-2:])] = t
+    return root
+
+
+def write_megatron_lm(ours, dst, tp, pp, legacy: bool) -> None:
+    """Rewrite our TP x PP checkpoint (iteration 3) as Megatron-LM would have saved it."""
+    layers_per_stage = GPT_LAYERS // pp
+    for t in range(tp):
+        for p in range(pp):
+            src = ckpt.checkpoint_file(str(ours), 3, t, p, pp)
+            sd = torch.load(src, map_location="cpu", weights_only=True)
+            offset = p * layers_per_stage
+            flat = {_local(n, offset, legacy): v for n, v in sd["model"].items()}
+            if legacy:
+                model = _nest(flat)
+            else:
+                model = dict(flat)
+                for n in list(flat):
+                    if n.endswith("linear_proj.weight"):
+                        model[n.replace(".weight", "._extra_state")] = io.BytesIO(b"te")
+            out = {"args": _namespace(sd["args"], tp, pp), "iteration": 3, "model": model,
+                   "checkpoint_version": 3.0, "optimizer": None}  # fmt: skip
+            path = ckpt.checkpoint_file(str(dst), 3, t, p, pp)
+            os.makedirs(os.path.dirname(path))
+            torch.save(out, path)
+    (dst / ckpt.TRACKER_FILENAME).write_text("3")
+
+
+GPT_LAYERS = 4
+
+
+@pytest.fixture(scope="module")
+def ours(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ours")
+    train("gpt", GPT, 2, 2, None, 1, ["--exit-interval", "3", "--save", str(root / "A")])
+    return root / "A"
+
+
+def _logits(load_dir):
+    model, merged = load_serial_model(str(load_dir), true_vocab_size=61)
+    ids = torch.randint(0, 61, (2, 16), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        return model(ids, torch.arange(16).expand(2, 16)), merged
+
+
+@pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "megatron-core"])
+def test_imported_megatron_lm_checkpoint_is_the_same_model(ours, tmp_path, legacy):
+    write_megatron_lm(ours, tmp_path / "mlm", 2, 2, legacy)
+    argv = [
+        "--loader",
+        "megatron-lm",
+        "--load-dir",
+        str(tmp_path / "mlm"),
+        "--save-dir",
+        str(tmp_path / "imported"),
+        "--target-tensor-parallel-size",
+        "1",
+        "--target-pipeline-parallel-size",
+        "2",
+    ]
+    assert checkpoint_util.main(argv) == 0
+    got, merged = _logits(tmp_path / "imported")
+    expect, _ = _logits(ours)
+    assert (merged.layout.tp, merged.layout.pp, merged.iteration) == (1, 2, 3)
+    torch.testing.assert_close(got, expect, rtol=0, atol=0)
+    sd = torch.load(ckpt.checkpoint_file(str(tmp_path / "imported"), 3, 0, 0, 2), weights_only=True)
+    assert sd["train_state"]["consumed_train_samples"] == 24
+    assert sd["optimizer"] is None
+
+
+def test_imported_checkpoint_trains_on(ours, tmp_path):
+    write_megatron_lm(ours, tmp_path / "mlm", 2, 2, legacy=True)
+    argv = [
+        "--loader",
+        "megatron-lm",
+        "--load-dir",
+        str(tmp_path / "mlm"),
+        "--save-dir",
+        str(tmp_path / "imported"),
+        "--target-tensor-parallel-size",
+        "2",
+        "--target-pipeline-parallel-size",
+        "2",
+    ]
+    assert checkpoint_util.main(argv) == 0
+    history = train("gpt", GPT, 2, 2, None, 1, ["--load", str(tmp_path / "imported")])
+    assert [h["iteration"] for h in history] == [4, 5, 6]
+    assert all(torch.isfinite(torch.tensor(h["lm loss"])) for h in history)
+
+
+def test_unsupported_models_and_formats_name_the_cause(ours, tmp_path, capsys):
+    write_megatron_lm(ours, tmp_path / "mlm", 2, 2, legacy=True)
+    path = ckpt.checkpoint_file(str(tmp_path / "mlm"), 3, 0, 0, 2)
+    sd = torch.load(path, weights_only=False)
+    sd["args"].group_query_attention = True
+    torch.save(sd, path)
+    base = [
+        "--loader",
+        "megatron-lm",
+        "--save-dir",
+        str(tmp_path / "out"),
+        "--target-tensor-parallel-size",
+        "1",
+        "--target-pipeline-parallel-size",
+        "1",
+    ]
+    assert checkpoint_util.main(base + ["--load-dir", str(tmp_path / "mlm")]) == 2
+    assert "grouped-query attention" in capsys.readouterr().err
+    ds = tmp_path / "ds"
+    (ds / "global_step3").mkdir(parents=True)
+    (ds / "latest").write_text("global_step3")
+    assert checkpoint_util.main(base + ["--load-dir", str(ds)]) == 2
+    assert "deepspeed_to_megatron.py" in capsys.readouterr().err
+    assert checkpoint_util.main(base + ["--load-dir", str(ours)]) == 2
+    assert "not Megatron-LM's Namespace" in capsys.readouterr().err
