@@ -81,9 +81,9 @@ def _hf_tokenizer(tok_args: Dict[str, Any], tokenizer):
             {"vocab.txt": tok_args["vocab_file"]},
             do_lower_case=kind == "BertWordPieceLowerCase",
         )
-        extra = [tokenizer.inv_vocab[i] for i in tokenizer.additional_special_tokens_ids]
-        if extra:
-            hf.add_tokens(extra, special_tokens=True)
+        # ours appends [BOS], [EOS] and the <extra_id_N> tokens after vocab.txt, in that order
+        added = [tokenizer.inv_vocab[i] for i in range(len(hf), tokenizer.vocab_size)]
+        hf.add_tokens(added, special_tokens=True)
         return hf
     if kind == "HuggingFaceTokenizer":
         path = tok_args["tokenizer_model"]
