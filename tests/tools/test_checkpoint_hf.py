@@ -199,3 +199,112 @@ def test_skip_tokenizer_and_an_existing_save_dir(gpt3_tp2pp2, tmp_path, capsys):
     argv = ["--load", str(gpt3_tp2pp2), "--save-dir", str(tmp_path / "hf")]
     assert checkpoint_to_hf.main(argv) == 2
     assert "--save-dir" in capsys.readouterr().err
+
+
+# ---- import ------------------------------------------------------------------------------------
+def _random_hf(kind: str, folder, vocab: int = NULL_VOCAB, **overrides):
+    """A small random HF model of `kind` saved to `folder` (weights std 0.2: logits of order 1)."""
+    if kind == "gpt2":
+        config = transformers.GPT2Config(
+            vocab_size=vocab, n_embd=32, n_layer=4, n_head=4, n_positions=32
+        )
+        config.activation_function = "gelu"  # exact GeLU, as ours
+    else:
+        config = transformers.LlamaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            max_position_embeddings=32,
+            rope_theta=5000.0,
+            tie_word_embeddings=False,
+            bos_token_id=None,
+            eos_token_id=vocab - 1,
+        )
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.2)
+    model.save_pretrained(folder)
+    return model
+
+
+def _import(hf_dir, save, tp=2, pp=2) -> int:
+    argv = ["--hf-dir", str(hf_dir), "--save", str(save), "--make-vocab-size-divisible-by", "32"]
+    argv += ["--target-tensor-parallel-size", str(tp), "--target-pipeline-parallel-size", str(pp)]
+    return checkpoint_from_hf.main(argv)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "llama"])
+def test_import_at_tp2pp2_gives_the_hf_logits_and_exports_back_identically(kind, tmp_path):
+    hf = _random_hf(kind, tmp_path / "hf")
+    assert _import(tmp_path / "hf", tmp_path / "ckpt") == 0
+    ours, merged = load_serial_model(str(tmp_path / "ckpt"), true_vocab_size=NULL_VOCAB)
+    assert (merged.layout.tp, merged.layout.pp, merged.release) == (2, 2, True)
+    assert merged.padded_vocab_size == 64  # 61 padded for TP 2
+    assert merged.args["tokenizer"]["tokenizer_type"] == "NullTokenizer"
+    ids = _ids(NULL_VOCAB)
+    with torch.no_grad():
+        expect = hf(ids).logits
+        got = ours(ids, torch.arange(16).expand(2, 16))
+    assert expect.abs().max() > 0.5  # not a vacuous comparison
+    torch.testing.assert_close(got, expect, rtol=0, atol=1e-5)
+    _export(tmp_path / "ckpt", tmp_path / "back")
+    back = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "back").state_dict()
+    original = hf.state_dict()
+    assert sorted(back) == sorted(original)
+    for name, tensor in original.items():
+        assert torch.equal(back[name], tensor), name
+
+
+def test_gpt2_tokenizer_is_imported_with_the_model(tmp_path):
+    hf_tok = transformers.GPT2TokenizerFast.from_pretrained(_gpt2_folder(tmp_path))
+    _random_hf("gpt2", tmp_path / "hf", vocab=len(hf_tok))
+    hf_tok.save_pretrained(tmp_path / "hf")
+    assert _import(tmp_path / "hf", tmp_path / "ckpt", tp=1, pp=1) == 0
+    tok_args = ckpt.stored_args(str(tmp_path / "ckpt"))["tokenizer"]
+    assert tok_args["tokenizer_type"] == "HuggingFaceTokenizer"
+    ours = build_stored_tokenizer(tok_args)
+    text = "Emma Woodhouse, handsome, clever, and rich"
+    assert ours.vocab_size == 50257 and ours.tokenize(text) == hf_tok(text)["input_ids"]
+
+
+def _gpt2_folder(tmp_path):
+    import shutil
+
+    folder = tmp_path / "gpt2_tok"
+    folder.mkdir()
+    shutil.copyfile(TOKENIZER_DIR / "gpt2-vocab.json", folder / "vocab.json")
+    shutil.copyfile(TOKENIZER_DIR / "gpt2-merges.txt", folder / "merges.txt")
+    return folder
+
+
+def test_grouped_query_attention_is_refused_naming_the_config_field(tmp_path, capsys):
+    _random_hf("llama", tmp_path / "hf", num_key_value_heads=2)
+    assert _import(tmp_path / "hf", tmp_path / "ckpt") == 2
+    assert "num_key_value_heads 2" in capsys.readouterr().err
+    assert not (tmp_path / "ckpt" / "release").exists()
+
+
+def test_an_imported_llama_continues_pretraining(tmp_path):
+    """pretrain_gpt's --load accepts the imported arguments, loads the weights and trains on from
+    iteration 0 (at lr 0 the weights it saves after 2 iterations are the imported ones)."""
+    from megatron.training.checkpoint_convert import load_merged
+
+    _random_hf("llama", tmp_path / "hf")
+    assert _import(tmp_path / "hf", tmp_path / "ckpt", tp=2, pp=1) == 0
+    base = COMMON + ["--seq-length", "16", "--mock-data", "--max-position-embeddings", "32"]
+    base += LLAMA_FLAGS + ["--kv-channels", "8", "--ffn-hidden-size", "64", "--rotary-base"]
+    base += ["5000", "--layernorm-epsilon", "1e-06"] + SGD + ["--lr", "0.0"]
+    load = ["--load", str(tmp_path / "ckpt"), "--save", str(tmp_path / "on")]
+    history = train("gpt", base, 2, 1, None, 1, load)
+    assert [h["iteration"] for h in history] == [1, 2]
+    assert all(h["lm loss"] == h["lm loss"] for h in history)  # not NaN
+    imported, trained = load_merged(str(tmp_path / "ckpt")), load_merged(str(tmp_path / "on"))
+    assert trained.iteration == 2 and sorted(trained.model) == sorted(imported.model)
+    for name, tensor in imported.model.items():
+        assert torch.equal(trained.model[name], tensor), name
