@@ -125,3 +125,31 @@ def test_bad_inputs_name_the_fix(trained, tmp_path):
     with pytest.raises(SystemExit, match="positions"):
         evaluate_tool.main(["--load", str(root / "ckpt"), "--data-path", data,
                             "--seq-length", "64"])  # fmt: skip
+
+
+def test_exported_hf_model_continues_greedily_like_generate(trained, tmp_path, capsys):
+    """The quickstart's path out: export to transformers, and the HF model's greedy continuation
+    is tools/generate.py's."""
+    transformers = pytest.importorskip("transformers")
+    from tools import checkpoint_to_hf
+    from tools import generate as generate_tool
+
+    root, _ = trained
+    assert (
+        checkpoint_to_hf.main(["--load", str(root / "ckpt"), "--save-dir", str(tmp_path / "hf")])
+        == 0
+    )
+    prompt = "It is a truth universally"
+    capsys.readouterr()
+    assert generate_tool.main(["--load", str(root / "ckpt"), "--greedy", "--prompt", prompt,
+                               "--max-new-tokens", "8"]) == 0  # fmt: skip
+    lines = capsys.readouterr().out.splitlines()
+    ours = lines[lines.index("--- sample 1 ---") + 1]
+    tok = transformers.AutoTokenizer.from_pretrained(str(tmp_path / "hf"))
+    model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "hf")).eval()
+    ids = tok(prompt, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, eos_token_id=None,
+                             pad_token_id=0)  # fmt: skip
+    assert out.shape[1] == ids.shape[1] + 8
+    assert tok.decode(out[0]) == ours
