@@ -50,6 +50,7 @@ _VALUE_FLAGS = {
     "position_embedding_type": "--position-embedding-type",
     "rotary_percent": "--rotary-percent",
     "rotary_base": "--rotary-base",
+    "rotary_position_embeddings_theta": "--rotary-base",
     "init_method_std": "--init-method-std",
     "tokenizer_type": "--tokenizer-type",
     "vocab_file": "--vocab-file",
@@ -78,7 +79,9 @@ _UNSUPPORTED = {
     "group_query_attention": "grouped-query attention (--group-query-attention)",
     "num_experts": "mixture of experts (--num-experts)",
     "qk_layernorm": "QK layer norm",
+    "apply_layernorm_1p": "zero-centred norm weights (--apply-layernorm-1p)",
 }
+_NORMS = {"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"}  # Megatron-DeepSpeed spells them so
 
 
 def megatron_flags(ns: argparse.Namespace) -> List[str]:
@@ -89,9 +92,21 @@ def megatron_flags(ns: argparse.Namespace) -> List[str]:
     for name, what in _UNSUPPORTED.items():
         if getattr(ns, name, None):
             raise ValueError(f"the checkpoint's model uses {what} ({name}); it cannot be imported")
+    heads = getattr(ns, "num_attention_heads", None)
+    for groups in ("num_query_groups", "num_key_value_heads"):
+        value = getattr(ns, groups, None)
+        if value is not None and value != heads:
+            raise ValueError(
+                f"the checkpoint's model uses grouped-query attention ({groups}={value}, "
+                f"{heads} heads); it cannot be imported"
+            )
     argv: List[str] = []
     for name, flag in _VALUE_FLAGS.items():
         value = getattr(ns, name, None)
+        if name == "normalization":
+            value = _NORMS.get(str(value).lower(), value) if value is not None else None
+        if value is not None and not isinstance(value, (int, float, str)):
+            raise ValueError(f"the checkpoint's {name} is {value!r}, not a number or a name")
         if value is not None and flag not in argv:
             argv += [flag, str(value)]
     for name, flag in _TRUE_FLAGS.items():
@@ -128,12 +143,42 @@ def args_from_namespace(ns: argparse.Namespace) -> Dict[str, Any]:
     return args
 
 
+class _Missing:
+    """Stands for an object of a class the source's code had and this process cannot import
+    (e.g. an enum in Megatron-LM's arguments); keeps what it was built from."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+class _TolerantUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            logger.info("%s.%s is not importable here; its objects are left opaque", module, name)
+            return type(name, (_Missing,), {"__module__": module})
+
+
+class _TolerantPickle:
+    """A `pickle_module` for torch.load whose Unpickler tolerates missing classes."""
+
+    Unpickler = _TolerantUnpickler
+    load = staticmethod(pickle.load)
+    __name__ = "pickle"
+
+
 def _load_foreign(path: str, allow_pickle: bool) -> Dict[str, Any]:
     """One file of a Megatron-LM checkpoint; its Namespace `args` (and Transformer Engine's
     BytesIO extra states) are allowed under weights_only=True, anything else only with
     allow_pickle (files one trusts)."""
     if allow_pickle:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(
+            path, map_location="cpu", weights_only=False, pickle_module=_TolerantPickle
+        )
     try:
         # Transformer Engine keeps its `_extra_state` as io.BytesIO
         with torch.serialization.safe_globals([argparse.Namespace, io.BytesIO, bytes]):
@@ -184,6 +229,7 @@ def rename_chunk(flat: Dict[str, torch.Tensor], offset: int) -> Dict[str, torch.
         if name.endswith("_extra_state") or name.endswith("inv_freq"):
             continue
         new = re.sub(r"^language_model\.embedding\.", "embedding.", name)
+        new = new.replace("position_embeddings.local_embeddings.", "position_embeddings.")
         new = re.sub(_STACK + r"final_layernorm\.", "decoder.final_layernorm.", new)
         new = re.sub(_STACK + r"layers\.", "decoder.layers.", new)
         new = re.sub(
@@ -212,15 +258,7 @@ def _chunk_offsets(specs) -> Dict[Tuple[int, int], int]:
     return out
 
 
-def _refuse_other_formats(root: str, folder: str) -> None:
-    if os.path.isfile(os.path.join(root, "latest")) or any(
-        d.startswith("global_step") for d in os.listdir(root)
-    ):
-        raise ValueError(
-            f"{root}: a DeepSpeed-engine checkpoint (global_stepN/); convert it to Megatron's "
-            "layout first with Megatron-DeepSpeed's tools/convert_checkpoint/"
-            "deepspeed_to_megatron.py, then import that"
-        )
+def _refuse_other_formats(folder: str) -> None:
     if os.path.isdir(folder) and os.path.isfile(os.path.join(folder, ".metadata")):
         raise ValueError(
             f"{folder}: megatron-core's torch_dist format; save it in the torch format first "
@@ -230,7 +268,7 @@ def _refuse_other_formats(root: str, folder: str) -> None:
 
 def _first_file(root: str, iteration: int, release: bool, allow_pickle: bool):
     folder = ckpt.checkpoint_dir(root, iteration, release)
-    _refuse_other_formats(root, folder)
+    _refuse_other_formats(folder)
     for shard in ("mp_rank_00", "mp_rank_00_000"):
         path = os.path.join(folder, shard, "model_optim_rng.pt")
         if os.path.isfile(path):
@@ -247,47 +285,22 @@ def _counters(ns: argparse.Namespace, iteration: int) -> Dict[str, Any]:
         k: v for k, v in state.items() if k != "iteration"}}  # fmt: skip
 
 
-def read_megatron_lm(
-    root: str, iteration: Optional[int] = None, allow_pickle: bool = False
-) -> cc.MergedCheckpoint:
-    """Read a Megatron-LM GPT checkpoint (legacy or megatron-core names, `--ckpt-format torch`,
-    any TP / PP / virtual-PP layout) as a MergedCheckpoint with our names and arguments."""
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"{root}: no such checkpoint folder")
-    _refuse_other_formats(root, root)
-    it, release = cc._iteration(root, iteration)
-    first = _first_file(root, it, release, allow_pickle)
-    ns = first.get("args")
-    if not isinstance(ns, argparse.Namespace):
-        raise ValueError(
-            f"{root}: its args are a {type(ns).__name__}, not Megatron-LM's Namespace; a "
-            "checkpoint of this framework converts with tools/checkpoint_util.py"
-        )
+def _merge(ns, files, it: int, release: bool, source: str):
+    """MergedCheckpoint of {(tp, pp): {model key: flat Megatron-LM tensors}} files."""
     args = args_from_namespace(ns)
     layout = cc.layout_of(args)
-    files: Dict[Tuple[int, int], Dict[str, Any]] = {}
-    for t in range(layout.tp):
-        for p in range(layout.pp):
-            path = ckpt.checkpoint_file(root, it, t, p, layout.pp, release)
-            if not os.path.isfile(path):
-                raise FileNotFoundError(f"{path}: missing; the arguments say {layout}")
-            files[(t, p)] = first if (t, p) == (0, 0) else _load_foreign(path, allow_pickle)
-    first_chunk = _flatten(first[cc._model_key(layout, 0)])
-    word = [k for k in first_chunk if k.endswith("word_embeddings.weight")]
-    vocab = first_chunk[word[0]].shape[0] * layout.tp
+    first = files[(0, 0)][cc._model_key(layout, 0)]
+    word = [k for k in first if k.endswith("word_embeddings.weight")]
+    if not word:
+        raise ValueError(f"{source}: no word embeddings in the first shard; not a GPT checkpoint")
+    vocab = first[word[0]].shape[0] * layout.tp
     specs = cc.chunk_specs(args, "GPT", layout, vocab)
     offsets = _chunk_offsets(specs)
     ours = {
-        key: {
-            cc._model_key(layout, vp): rename_chunk(
-                _flatten(sd[cc._model_key(layout, vp)]), offsets[(key[1], vp)]
-            )
-            for vp in range(layout.vpp)
-        }
+        key: {k: rename_chunk(flat, offsets[(key[1], int(k[5:] or 0))]) for k, flat in sd.items()}
         for key, sd in files.items()
     }
-    model = cc._merge_model(ours, specs, layout)
-    logger.info("read Megatron-LM checkpoint %s iteration %d (%s)", root, it, layout)
+    logger.info("read %s iteration %d (%s)", source, it, layout)
     return cc.MergedCheckpoint(
         args=args,
         iteration=it,
@@ -295,8 +308,124 @@ def read_megatron_lm(
         model_type="GPT",
         layout=layout,
         padded_vocab_size=vocab,
-        model=model,
+        model=cc._merge_model(ours, specs, layout),
         optimizer=None,
         common=_counters(ns, it),
         rng_state={},
     )
+
+
+def _namespace_of(sd: Dict[str, Any], root: str) -> argparse.Namespace:
+    ns = sd.get("args")
+    if not isinstance(ns, argparse.Namespace):
+        raise ValueError(
+            f"{root}: its args are a {type(ns).__name__}, not Megatron-LM's Namespace; a "
+            "checkpoint of this framework converts with tools/checkpoint_util.py"
+        )
+    return ns
+
+
+def read_megatron_lm(
+    root: str, iteration: Optional[int] = None, allow_pickle: bool = False
+) -> cc.MergedCheckpoint:
+    """Read a GPT checkpoint of Megatron-LM (legacy or megatron-core names, `--ckpt-format
+    torch`, any TP / PP / virtual-PP layout) or of Megatron-DeepSpeed's DeepSpeed engine
+    (`global_stepN/`, see `read_deepspeed_engine`) as a MergedCheckpoint with our names and
+    arguments."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root}: no such checkpoint folder")
+    if os.path.isfile(os.path.join(root, "latest")) or any(
+        d.startswith("global_step") for d in os.listdir(root)
+    ):
+        return read_deepspeed_engine(root, iteration, allow_pickle)
+    it, release = cc._iteration(root, iteration)
+    first = _first_file(root, it, release, allow_pickle)
+    ns = _namespace_of(first, root)
+    layout = cc.layout_of(args_from_namespace(ns))
+    files: Dict[Tuple[int, int], Dict[str, Any]] = {}
+    for t in range(layout.tp):
+        for p in range(layout.pp):
+            path = ckpt.checkpoint_file(root, it, t, p, layout.pp, release)
+            if not os.path.isfile(path):
+                raise FileNotFoundError(f"{path}: missing; the arguments say {layout}")
+            sd = first if (t, p) == (0, 0) else _load_foreign(path, allow_pickle)
+            keys = [cc._model_key(layout, vp) for vp in range(layout.vpp)]
+            files[(t, p)] = {k: _flatten(sd[k]) for k in keys}
+    return _merge(ns, files, it, release, f"Megatron-LM checkpoint {root}")
+
+
+_DS_LAYER = re.compile(r"^layer_(\d+)-model_(\d+)-model_states\.pt$")
+
+
+def _ds_tag(root: str, iteration: Optional[int]) -> Tuple[str, int]:
+    if iteration is not None:
+        return f"global_step{iteration}", iteration
+    latest = os.path.join(root, "latest")
+    if not os.path.isfile(latest):
+        raise FileNotFoundError(f"{root}: no `latest` file naming the tag; pass --iteration")
+    tag = open(latest).read().strip()
+    m = re.fullmatch(r"global_step(\d+)", tag)
+    if not m:
+        raise ValueError(f"{latest}: tag {tag!r} is not global_stepN; pass --iteration N")
+    return tag, int(m.group(1))
+
+
+def _ds_layers(folder: str, tp_rank: int, num_layers: int, allow_pickle: bool):
+    """The pipeline layer files of one TP rank as one flat dict of legacy Megatron-LM names."""
+    found = {}
+    for name in os.listdir(folder):
+        m = _DS_LAYER.match(name)
+        if m and int(m.group(2)) == tp_rank:
+            found[int(m.group(1))] = os.path.join(folder, name)
+    expected = set(range(1, num_layers + 4))
+    if set(found) != expected:
+        raise ValueError(
+            f"{folder}: the layer files of TP rank {tp_rank} are {sorted(found)}; GPTModelPipe "
+            f"with {num_layers} layers saves {sorted(expected)} (a MoE or other model?)"
+        )
+    out: Dict[str, torch.Tensor] = {}
+    for idx, path in sorted(found.items()):
+        sd = _flatten(_load_foreign(path, allow_pickle))
+        if idx == num_layers + 3:  # the output head: LMHeadPipe, or a copy of the embedding
+            if "lm_head.weight" in sd:
+                out["language_model.output_layer.weight"] = sd["lm_head.weight"]
+            continue
+        if idx == 1:
+            prefix = "language_model.embedding."
+        elif idx == num_layers + 2:
+            prefix = "language_model.encoder.final_layernorm."
+        else:
+            prefix = f"language_model.encoder.layers.{idx - 2}."
+        out.update({prefix + k: v for k, v in sd.items()})
+    return out
+
+
+def read_deepspeed_engine(
+    root: str, iteration: Optional[int] = None, allow_pickle: bool = False
+) -> cc.MergedCheckpoint:
+    """A GPT checkpoint of Megatron-DeepSpeed's DeepSpeed engine.
+
+    `global_stepN/mp_rank_TT_model_states.pt` holds the arguments and, without pipeline
+    parallelism, the whole TP shard under `module` (legacy names). With it, each TP rank's
+    layers are files `layer_II-model_TT-model_states.pt` numbered as GPTModelPipe's layers:
+    0 the fp16 cast (no file), 1 the embedding, 2..L+1 the transformer layers, L+2 the final
+    norm, L+3 the output head. The pipeline split is not part of these files, so the result
+    has PP 1 (any target layout can then be written).
+    """
+    tag, it = _ds_tag(root, iteration)
+    folder = os.path.join(root, tag)
+    first_path = os.path.join(folder, "mp_rank_00_model_states.pt")
+    if not os.path.isfile(first_path):
+        raise FileNotFoundError(f"{first_path}: missing; not a DeepSpeed-engine checkpoint")
+    first = _load_foreign(first_path, allow_pickle)
+    ns = argparse.Namespace(**vars(_namespace_of(first, root)))
+    ns.pipeline_model_parallel_size, ns.num_layers_per_virtual_pipeline_stage = 1, None
+    files = {}
+    for t in range(getattr(ns, "tensor_model_parallel_size", 1) or 1):
+        if first.get("module") is not None:
+            path = os.path.join(folder, f"mp_rank_{t:02d}_model_states.pt")
+            sd = first if t == 0 else _load_foreign(path, allow_pickle)
+            files[(t, 0)] = {"model": _flatten(sd["module"])}
+        else:
+            files[(t, 0)] = {"model": _ds_layers(folder, t, ns.num_layers, allow_pickle)}
+    return _merge(ns, files, it, False, f"DeepSpeed-engine checkpoint {folder}")

@@ -1,5 +1,7 @@
 """tools/checkpoint_util.py --loader megatron-lm: Megatron-LM GPT checkpoints (legacy and
-megatron-core names, `--ckpt-format torch`, TP 2 x PP 2) come in as the same model.
+megatron-core names, `--ckpt-format torch`, TP 2 x PP 2) and Megatron-DeepSpeed's
+DeepSpeed-engine checkpoints (`global_stepN/`, with and without pipeline layer files) come in as
+the same model.
 
 The source checkpoints are written by the test in Megatron-LM's layout from one of ours: nested
 `language_model` dicts (or megatron-core names with Transformer-Engine's fused norms and
@@ -10,9 +12,12 @@ copy as `word_embeddings_for_head`, and `args` an argparse.Namespace with Megatr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import re
+import sys
+import types
 
 import pytest
 import torch
@@ -191,10 +196,105 @@ def test_unsupported_models_and_formats_name_the_cause(ours, tmp_path, capsys):
     ]
     assert checkpoint_util.main(base + ["--load-dir", str(tmp_path / "mlm")]) == 2
     assert "grouped-query attention" in capsys.readouterr().err
-    ds = tmp_path / "ds"
-    (ds / "global_step3").mkdir(parents=True)
-    (ds / "latest").write_text("global_step3")
-    assert checkpoint_util.main(base + ["--load-dir", str(ds)]) == 2
-    assert "deepspeed_to_megatron.py" in capsys.readouterr().err
+    dist = tmp_path / "dist"
+    (dist / "iter_0000003").mkdir(parents=True)
+    (dist / "iter_0000003" / ".metadata").write_bytes(b"")
+    (dist / ckpt.TRACKER_FILENAME).write_text("3")
+    assert checkpoint_util.main(base + ["--load-dir", str(dist)]) == 2
+    assert "--ckpt-convert-format torch" in capsys.readouterr().err
     assert checkpoint_util.main(base + ["--load-dir", str(ours)]) == 2
     assert "not Megatron-LM's Namespace" in capsys.readouterr().err
+
+
+class AttnBackend:  # stands for an enum of the source's code, not importable here
+    def __init__(self, value):
+        self.value = value
+
+
+AttnBackend.__module__ = "megatron.core.transformer.enums"
+
+
+@contextlib.contextmanager
+def _source_code_importable():
+    """While saving, Megatron-LM's `megatron.core.transformer.enums` exists; not when loading."""
+    name = "megatron.core.transformer.enums"
+    enums = types.ModuleType(name)
+    enums.AttnBackend = AttnBackend
+    saved = {name: sys.modules.get(name)}
+    sys.modules[name] = enums
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                sys.modules.pop(k, None)
+            else:
+                sys.modules[k] = v
+
+
+def _global(sd, name, t, pp):
+    """Our global name -> (layer file index of GPTModelPipe, name in that file)."""
+    m = re.match(r"decoder\.layers\.(\d+)\.(.*)$", name)
+    if m:
+        rest = m.group(2)
+        for new, old in _TO_LEGACY_LAYER:
+            rest = rest.replace(new, old)
+        return int(m.group(1)) + 2, rest
+    if name.startswith("embedding."):
+        return 1, name[len("embedding.") :]
+    if name.startswith("decoder.final_layernorm."):
+        return GPT_LAYERS + 2, name[len("decoder.final_layernorm.") :]
+    return None, None  # the last stage's tied copy: written as the head file below
+
+
+def write_deepspeed_engine(ours, dst, tp, pp, pipeline: bool) -> None:
+    """Rewrite our TP x PP checkpoint as Megatron-DeepSpeed's DeepSpeed engine saves it."""
+    folder = dst / "global_step3"
+    folder.mkdir(parents=True)
+    for t in range(tp):
+        layers, flat = {}, {}
+        for p in range(pp):
+            sd = torch.load(ckpt.checkpoint_file(str(ours), 3, t, p, pp), weights_only=True)
+            for name, v in sd["model"].items():
+                idx, local = _global(sd, name, t, pp)
+                if idx is not None:
+                    layers.setdefault(idx, {})[local] = v
+                    flat[_local(name, 0, legacy=True)] = v
+        ns = _namespace(sd["args"], tp, 1 if not pipeline else pp)
+        ns.normalization = "layernorm"  # Megatron-DeepSpeed's spelling
+        ns.attention_backend = AttnBackend(5)  # an object only pickle restores
+        state = {"module": None if pipeline else flat, "args": ns, "iteration": 3,
+                 "checkpoint_version": 3.0, "global_steps": 3, "ds_version": "0.14.0",
+                 "buffer_names": [], "dp_world_size": 1, "mp_world_size": tp}  # fmt: skip
+        with _source_code_importable():
+            torch.save(state, folder / f"mp_rank_{t:02d}_model_states.pt")
+        if pipeline:
+            head = dict(layers[1])  # the tied head: a copy of the embedding
+            layers[GPT_LAYERS + 3] = head
+            for idx, tensors in layers.items():
+                torch.save(tensors, folder / f"layer_{idx:02d}-model_{t:02d}-model_states.pt")
+    (dst / "latest").write_text("global_step3")
+
+
+@pytest.mark.parametrize("pipeline", [True, False], ids=["layer-files", "module"])
+def test_imported_deepspeed_engine_checkpoint_is_the_same_model(ours, tmp_path, pipeline, capsys):
+    write_deepspeed_engine(ours, tmp_path / "ds", 2, 2, pipeline)
+    argv = [
+        "--loader",
+        "megatron-lm",
+        "--load-dir",
+        str(tmp_path / "ds"),
+        "--save-dir",
+        str(tmp_path / "imported"),
+        "--target-tensor-parallel-size",
+        "2",
+        "--target-pipeline-parallel-size",
+        "1",
+    ]
+    assert checkpoint_util.main(argv) == 2  # the enum in its arguments needs pickle
+    assert "--allow-pickle" in capsys.readouterr().err
+    assert checkpoint_util.main(argv + ["--allow-pickle"]) == 0
+    got, merged = _logits(tmp_path / "imported")
+    expect, _ = _logits(ours)
+    assert (merged.layout.tp, merged.layout.pp, merged.iteration) == (2, 1, 3)
+    torch.testing.assert_close(got, expect, rtol=0, atol=0)
