@@ -269,3 +269,15 @@ def test_lm_eval_hf_on_the_exported_folder_gives_equal_scores():
     if not (REPO / "tools" / "checkpoint_to_hf.py").exists():
         pytest.skip("tools/checkpoint_to_hf.py (the HF export) is not in this repository yet")
     pytest.fail("the HF export exists now: compare `lm_eval --model hf` on its output here")
+
+
+def test_cli_module_registers_megatron_de_without_an_install(lm_python, trained, tmp_path):
+    ckpt, _, _ = trained
+    cmd = [lm_python, "-m", "megatron.evaluation.lm_eval_cli", "--model", "megatron_de",
+           "--model_args", f"load={ckpt}", "--tasks", "lambada_austen", "--include_path", TASKS,
+           "--limit", "4", "--device", "cpu", "--output_path", tmp_path / "out"]  # fmt: skip
+    env = {"PYTHONPATH": str(REPO), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    r = venv_run(cmd, timeout=600, env=env)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())
+    assert "acc,none" in results["results"]["lambada_austen"]
