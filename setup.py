@@ -19,6 +19,7 @@ import sys
 
 from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 from setuptools.errors import CompileError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -162,9 +163,62 @@ def _up_to_date(target, sources):
     return all(os.path.getmtime(target) >= os.path.getmtime(src) for src in sources)
 
 
+# The lm-evaluation-harness startup hook: a .pth file at the root of site-packages that imports
+# megatron_de_lm_eval_hook.py (see that module), so that `lm_eval --model megatron_de` works.
+LM_EVAL_PTH = "megatron_de_lm_eval.pth"
+
+
+class BuildPyWithStartupHook(build_py):
+    """build_py that also puts LM_EVAL_PTH at the root of the build (so of the wheel)."""
+
+    def run(self):
+        super().run()
+        self.copy_file(os.path.join(ROOT, LM_EVAL_PTH), os.path.join(self.build_lib, LM_EVAL_PTH))
+
+    def get_outputs(self, include_bytecode=True):
+        outputs = super().get_outputs(include_bytecode)
+        return outputs + [os.path.join(self.build_lib, LM_EVAL_PTH)]
+
+
+class _StrategyWithStartupHook:
+    """Wraps setuptools' editable-install strategy: writes LM_EVAL_PTH into the editable wheel
+    too (the strategies write only their own .pth / finder files, none of build_py's)."""
+
+    def __init__(self, strategy):
+        self._strategy = strategy
+
+    def __enter__(self):
+        self._strategy.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self._strategy.__exit__(*exc)
+
+    def __call__(self, wheel, files, mapping):
+        self._strategy(wheel, files, mapping)
+        with open(os.path.join(ROOT, LM_EVAL_PTH), encoding="utf-8") as f:
+            wheel.writestr(LM_EVAL_PTH, f.read())
+
+
+def _cmdclass():
+    cmds = {"build_ext": BuildExtWithClearErrors, "build_py": BuildPyWithStartupHook}
+    try:  # setuptools >= 64 (PEP 660 editable installs)
+        from setuptools.command.editable_wheel import editable_wheel
+    except ImportError:
+        return cmds
+
+    class EditableWheelWithStartupHook(editable_wheel):
+        def _select_strategy(self, *args, **kwargs):
+            return _StrategyWithStartupHook(super()._select_strategy(*args, **kwargs))
+
+    cmds["editable_wheel"] = EditableWheelWithStartupHook
+    return cmds
+
+
 setup(
     packages=find_packages(include=["megatron", "megatron.*"]),
+    py_modules=["megatron_de_lm_eval_hook"],
     ext_modules=_cpp_extensions() + _cuda_extensions(),
-    cmdclass={"build_ext": BuildExtWithClearErrors},
+    cmdclass=_cmdclass(),
     zip_safe=False,
 )

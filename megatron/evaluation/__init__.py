@@ -1,0 +1,1 @@
+"""Scoring trained checkpoints with external evaluation harnesses (lm-evaluation-harness)."""
