@@ -16,7 +16,8 @@ from tests.oracle.venvs import build_seconds as _build_seconds
 LM_EVAL_VERSION = "0.4.13"
 VENV = "lm-eval-venv"
 _CHECK = (
-    "import lm_eval, lm_eval.api.registry, torch, regex, tokenizers; print(lm_eval.__version__)"
+    "import lm_eval, lm_eval.api.registry, torch, regex, tokenizers, transformers; "
+    "print(lm_eval.__version__)"
 )
 
 
@@ -30,7 +31,7 @@ def ensure_lm_eval_python() -> pathlib.Path:
         (
             [
                 f"torch=={TORCH_VERSION}",
-                f"lm-eval=={LM_EVAL_VERSION}",
+                f"lm-eval[hf]=={LM_EVAL_VERSION}",  # [hf]: `--model hf` on exported folders
                 "numpy",
                 "regex",
                 "sentencepiece",

@@ -265,10 +265,34 @@ def test_wheel_carries_the_startup_hook_and_the_tasks(lm_python, tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "MegatronDELM", r.stderr[-3000:]
 
 
-def test_lm_eval_hf_on_the_exported_folder_gives_equal_scores():
-    if not (REPO / "tools" / "checkpoint_to_hf.py").exists():
-        pytest.skip("tools/checkpoint_to_hf.py (the HF export) is not in this repository yet")
-    pytest.fail("the HF export exists now: compare `lm_eval --model hf` on its output here")
+def _cli_scores(lm_python, tmp_path, model, model_args, tag):
+    """results[task] of `lm_eval` (the lm_eval_cli module, which registers megatron_de)."""
+    out = tmp_path / f"out_{tag}"
+    cmd = [lm_python, "-m", "megatron.evaluation.lm_eval_cli", "--model", model,
+           "--model_args", model_args, "--tasks", "lambada_austen,austen_ppl",
+           "--include_path", TASKS, "--limit", "12", "--device", "cpu", "--batch_size", "4",
+           "--output_path", out]  # fmt: skip
+    env = {"PYTHONPATH": str(REPO), "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    r = venv_run(cmd, timeout=600, env=env)
+    assert r.returncode == 0, f"{r.stdout[-3000:]}\n{r.stderr[-5000:]}"
+    return json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+
+
+def test_lm_eval_hf_on_the_exported_folder_gives_equal_scores(lm_python, trained, tmp_path):
+    """The same checkpoint scored by `--model megatron_de` and, exported to transformers, by
+    lm_eval's own `--model hf`: every metric of both local tasks agrees."""
+    from tools import checkpoint_to_hf
+
+    ckpt, _, _ = trained
+    hf_dir = tmp_path / "hf_model"
+    assert checkpoint_to_hf.main(["--load", str(ckpt), "--save-dir", str(hf_dir)]) == 0
+    ours = _cli_scores(lm_python, tmp_path, "megatron_de", f"load={ckpt}", "ours")
+    hf = _cli_scores(lm_python, tmp_path, "hf", f"pretrained={hf_dir},dtype=float32", "hf")
+    for task in ("lambada_austen", "austen_ppl"):
+        metrics = {k for k, v in ours[task].items() if isinstance(v, float) and "stderr" not in k}
+        assert metrics, ours[task]
+        for k in sorted(metrics):
+            assert hf[task][k] == pytest.approx(ours[task][k], rel=1e-4), (task, k)
 
 
 def test_cli_module_registers_megatron_de_without_an_install(lm_python, trained, tmp_path):
