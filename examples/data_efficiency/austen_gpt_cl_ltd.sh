@@ -78,3 +78,13 @@ LOG_ARGS=(--log-interval "${LOG_INTERVAL:-$(( ITERS / 20 > 0 ? ITERS / 20 : 1 ))
           --save "$WORK/checkpoints" --save-interval "$ITERS")
 "${LAUNCH[@]}" pretrain_gpt.py "${MODEL_ARGS[@]}" "${TRAIN_ARGS[@]}" "${RUN_SIZE_ARGS[@]}" \
     "${DATA_ARGS[@]}" "${TOKENIZER_ARGS[@]}" "${DE_ARGS[@]}" "${LOG_ARGS[@]}"
+
+# 4. Evaluate: held-out loss of the validation split at full length (no truncation, no dropping),
+#    and, when lm-evaluation-harness is installed (pip install -e ".[eval]"), the local zero-shot
+#    tasks (EVAL_TASKS=paper adds the seed paper's task list, which needs the dataset hub).
+"$PYTHON" tools/evaluate.py --load "$WORK/checkpoints" --data-path "$DATA/austen_gpt_text_document" \
+    --split "$SPLIT" --split-part valid --json-output "$WORK/heldout.json"
+if "$PYTHON" -c "import lm_eval" 2>/dev/null; then
+    LOCAL_ONLY=$([ "${EVAL_TASKS:-local}" = paper ] && echo 0 || echo 1) \
+        bash examples/data_efficiency/eval_zero_shot.sh "$WORK/checkpoints" "$WORK/lm_eval"
+fi

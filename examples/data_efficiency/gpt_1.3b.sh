@@ -142,4 +142,8 @@ CMD=("$PYTHON" -m torch.distributed.run "${DISTRIBUTED_ARGS[@]}" pretrain_gpt.py
      "${CHECKPOINT_ARGS[@]}" "${LOGGING_ARGS[@]}" "$@")
 if [ "${DRY_RUN:-0}" = 1 ]; then printf '%q ' "${CMD[@]}"; echo; exit 0; fi
 echo "GPT-3 1.3B $RUN, $DATA_PERCENT% of the data, $(( NNODES * NPROC_PER_NODE )) processes, TP $TP, PP $PP"
-exec "${CMD[@]}"
+"${CMD[@]}"
+# Zero-shot evaluation on the paper's tasks (EVAL=0 skips it; one node runs it).
+if [ "${EVAL:-1}" = 1 ] && [ "${NODE_RANK:-0}" = 0 ]; then
+    bash examples/data_efficiency/eval_zero_shot.sh "$OUT/checkpoints" "$OUT/eval"
+fi

@@ -210,3 +210,29 @@ def test_austen_bert_launcher_trains_with_rising_curriculum_and_kept_tokens(repo
     log = _run_austen(repo_root, tmp_path, "austen_bert_cl_ltd.sh", iters)
     # K ramps over the whole run (the paper's BERT): 32 + 96 * 7 / 8 = 116, rounded down to 112
     _check_rising(log, iters, 128, 5, kept_last=112)
+
+
+def test_zero_shot_eval_runs_the_papers_tasks_through_megatron_de(repo_root, tmp_path):
+    """The launchers' eval stage: lm_eval's `megatron_de` model on the paper's 19 zero-shot tasks
+    (plus wikitext) and the shipped local tasks; LOCAL_ONLY=1 keeps to the offline ones."""
+    script = str(repo_root / EXAMPLES / "eval_zero_shot.sh")
+    env = dict(os.environ, DRY_RUN="1", PYTHON=sys.executable, DEVICE="cpu")
+
+    def tasks(**extra):
+        res = subprocess.run(["bash", script, str(tmp_path / "ckpt")], capture_output=True,
+                             text=True, env=dict(env, **extra))  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        argv = shlex.split(res.stdout)
+        assert argv[argv.index("--model") + 1] == "megatron_de"
+        assert argv[argv.index("--model_args") + 1] == f"load={tmp_path / 'ckpt'}"
+        return argv[argv.index("--tasks") + 1].split(",")
+
+    paper = {"record", "triviaqa", "hellaswag", "arc_challenge", "arc_easy", "race", "multirc",
+             "openbookqa", "lambada_openai", "webqs", "winogrande", "piqa", "anli_r1",
+             "anli_r2", "anli_r3", "boolq", "copa", "rte", "wsc"}  # fmt: skip
+    assert len(paper) == 19 and paper | {"wikitext", "lambada_austen", "austen_ppl"} == set(tasks())
+    assert tasks(LOCAL_ONLY="1") == ["lambada_austen", "austen_ppl"]
+    for task in ("lambada_austen", "austen_ppl"):
+        assert (repo_root / "megatron" / "evaluation" / "tasks" / f"{task}.yaml").is_file()
+    for launcher in ("gpt_1.3b.sh", "austen_gpt_cl_ltd.sh"):
+        assert "eval_zero_shot.sh" in (repo_root / EXAMPLES / launcher).read_text()
