@@ -307,6 +307,12 @@ def validate_run_config(
     if vpp and vpp > 1:
         _check_interleaved_micro_batches(tr, dp, par.pipeline_model_parallel_size)
     ds_config = _check_data_efficiency(run)
+    if run.logging.log_num_zeros_in_grad and run.optimizer.use_distributed_optimizer:
+        raise ValueError(
+            "--log-num-zeros-in-grad counts the all-reduced gradients, which the distributed "
+            "optimizer (--use-distributed-optimizer or zero_optimization.stage >= 1 in the "
+            "DeepSpeed JSON) does not keep; drop one of them"
+        )
     ck = run.checkpoint
     if ck.save_interval is not None and ck.save is None:
         raise ValueError("--save-interval needs --save <folder>")

@@ -103,18 +103,8 @@ COMPAT_FLAGS = (
         _int(),
     ),
     CompatFlag(
-        "--log-batch-size-to-tensorboard",
-        "no-op: the global batch size is on every iteration line",
-    ),
-    CompatFlag(
         "--log-optimizer-states-to-tensorboard",
         "no-op: optimizer-state norms are not computed here",
-    ),
-    CompatFlag("--log-params-norm", "no-op: the parameter norm is not computed here"),
-    CompatFlag("--log-num-zeros-in-grad", "no-op: zeros in the gradients are not counted here"),
-    CompatFlag(
-        "--log-throughput",
-        "no-op: throughput (tokens/s, TFLOP/s per rank) is always on the iteration line",
     ),
     CompatFlag(
         "--log-progress",

@@ -508,6 +508,26 @@ class LoggingConfig:
     log_validation_ppl_to_tensorboard: bool = False
     """Also write validation perplexity."""
 
+    log_params_norm: bool = False
+    """Compute the L2 norm of all parameters at every log line (`params-norm` scalar and a
+    "params norm" field; costs one pass over the weights)."""
+
+    log_num_zeros_in_grad: bool = False
+    """Count the zero entries of the step's gradients at every log line (`num-zeros`); not
+    with --use-distributed-optimizer (each rank then holds only its shard reduced)."""
+
+    log_throughput: bool = False
+    """Also write `throughput` (model TFLOP/s per rank, as on the iteration line)."""
+
+    log_batch_size_to_tensorboard: bool = False
+    """Also write `batch-size` (the global batch size, which changes with --rampup-batch-size)."""
+
+    no_log_loss_scale_to_tensorboard: bool = False
+    """Do not write `loss-scale` (written by default, as in Megatron)."""
+
+    log_world_size_to_tensorboard: bool = False
+    """Also write `world-size`."""
+
     log_timers_to_tensorboard: bool = False
     """Also write the per-phase step timers under Megatron's names, as `<name>-time` in seconds
     per iteration: forward-backward, optimizer, batch-generator (reading the micro-batches) and

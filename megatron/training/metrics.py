@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
 import os
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from megatron.core.transformer.config import TransformerConfig
 
@@ -194,9 +195,10 @@ def build_sinks(logging_cfg, rank: int, config_dict: Dict) -> MetricSink:
 def format_iteration_line(
     fields: Dict[str, object], iteration: int, train_iters: Optional[int]
 ) -> str:
-    """Megatron's `iteration N/ M | key: value | ...` line."""
+    """Megatron's ` [YYYY-MM-DD HH:MM:SS] iteration N/ M | key: value | ...` line."""
     total = f"{train_iters:8d}" if train_iters else "       ?"
-    parts = [f" iteration {iteration:8d}/{total}"]
+    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    parts = [f" [{now}] iteration {iteration:8d}/{total}"]
     for key, value in fields.items():
         if isinstance(value, float):
             if key in ("learning rate",) or key.endswith("loss"):
@@ -220,6 +222,23 @@ COUNTERS = {
 }
 """Scalar name -> training counter, sent to the sinks at every log line and every evaluation so
 that a loss at step N can be placed against tokens, model FLOPs and training wall-clock."""
+
+
+def send_vs(sink: MetricSink, name: str, value: float, state: Any) -> None:
+    """Megatron's scalar `name` at the iteration, `name vs samples` at the consumed samples and
+    Megatron-DeepSpeed's `name vs tokens` at the consumed tokens (dashboards plot the same value
+    against all three x-axes)."""
+    value = float(value)
+    sink.scalar(name, value, state.iteration)
+    sink.scalar(f"{name} vs samples", value, int(state.consumed_train_samples))
+    sink.scalar(f"{name} vs tokens", value, int(state.consumed_train_tokens))
+
+
+DATA_EFFICIENCY_TAGS = {
+    "curriculum seqlen": "seqlen/curriculum_seqlen",
+    "random-LTD kept tokens": "seqlen/random_ltd_reserved_length",
+}
+"""Iteration-line field -> Megatron-DeepSpeed's TensorBoard name (also sent under its own)."""
 
 
 def send_counters(sink: MetricSink, state: Any) -> None:
@@ -247,11 +266,18 @@ class IterationLogger:
         sink: MetricSink,
         world_size: int,
         train_iters: Optional[int],
+        logging_cfg: Any = None,
+        progress: Optional[Callable[[Any], Optional[float]]] = None,
     ):
         self.sink = sink
         self.world_size, self.train_iters = max(world_size, 1), train_iters
+        self.cfg = logging_cfg
+        self.progress, self._last_progress = progress, None
         self.timer = Timer()
         self._reset()
+
+    def _on(self, flag: str) -> bool:
+        return bool(getattr(self.cfg, flag, False))
 
     def _reset(self) -> None:
         self.iterations, self.tokens, self.flops = 0, 0, 0.0
@@ -267,7 +293,14 @@ class IterationLogger:
             self.reports[k] = self.reports.get(k, 0.0) + v
 
     def log(
-        self, state: Any, lr: float, gbs: int, loss_scale: float, grad_norm, extra: Dict
+        self,
+        state: Any,
+        lr: float,
+        gbs: int,
+        loss_scale: float,
+        grad_norm,
+        extra: Dict,
+        norms: Optional[Dict[str, float]] = None,
     ) -> None:
         """Write the line for iteration `state.iteration` and start a new interval.
 
@@ -277,6 +310,7 @@ class IterationLogger:
             lr: the current learning rate; gbs: the current global batch size.
             loss_scale: the optimizer's loss scale; grad_norm: the last gradient norm or None.
             extra: more fields for the line and the sink (curriculum and random-LTD values).
+            norms: `params-norm` / `num-zeros` when --log-params-norm / --log-num-zeros-in-grad.
         """
         elapsed, n = self.timer.reset(), max(self.iterations, 1)
         step, sink = state.iteration, self.sink
@@ -293,16 +327,52 @@ class IterationLogger:
             "global batch size": gbs,
         }
         averages = {k: v / n for k, v in self.reports.items()}
-        for k, v in list(extra.items()) + list(averages.items()):
+        for k, v in extra.items():
             fields[k] = v
             sink.scalar(k, v, step)
+            if k in DATA_EFFICIENCY_TAGS:
+                send_vs(sink, DATA_EFFICIENCY_TAGS[k], v, state)
+        for k, v in averages.items():  # the losses: `lm loss`, BERT's `sop loss`, ...
+            fields[k] = v
+            send_vs(sink, k, v, state)
         fields["loss scale"] = float(loss_scale)
         if grad_norm is not None:
             fields["grad norm"] = float(grad_norm)
-            sink.scalar("grad-norm", float(grad_norm), step)
+            send_vs(sink, "grad-norm", grad_norm, state)
+        for name, value in (norms or {}).items():  # params-norm, num-zeros (when asked for)
+            fields[name.replace("-", " ")] = value
+            send_vs(sink, name, value, state)
         fields["number of skipped iterations"] = state.skipped_iterations
         fields["number of nan iterations"] = state.nan_iterations
-        sink.scalar("learning-rate", lr, step)
+        self._send_run_scalars(state, lr, gbs, loss_scale, elapsed / n, fields)
+        fields.update(self._eta(state, elapsed))
         send_counters(sink, state)
         logger.info(format_iteration_line(fields, step, self.train_iters))
         self._reset()
+
+    def _send_run_scalars(self, state, lr, gbs, loss_scale, seconds_per_iter, fields) -> None:
+        """learning-rate always; the others as Megatron's --log-* flags ask (`LoggingConfig`)."""
+        send_vs(self.sink, "learning-rate", lr, state)
+        if not self._on("no_log_loss_scale_to_tensorboard"):
+            send_vs(self.sink, "loss-scale", loss_scale, state)
+        if self._on("log_batch_size_to_tensorboard"):
+            send_vs(self.sink, "batch-size", gbs, state)
+        if self._on("log_world_size_to_tensorboard"):
+            send_vs(self.sink, "world-size", self.world_size, state)
+        if self._on("log_timers_to_tensorboard"):
+            send_vs(self.sink, "iteration-time", seconds_per_iter, state)
+        if self._on("log_throughput"):
+            send_vs(self.sink, "throughput", fields["TFLOP/s per rank"], state)
+
+    def _eta(self, state, elapsed: float) -> Dict[str, object]:
+        """ "percent done" and "ETA" (h:mm:ss at the rate of the last interval) when the budget
+        is known."""
+        done = self.progress(state) if self.progress is not None else None
+        if done is None:
+            return {}
+        out: Dict[str, object] = {"percent done": 100.0 * done}
+        last, self._last_progress = self._last_progress, done
+        if last is not None and done > last and elapsed > 0:
+            seconds = int(round(elapsed * (1.0 - done) / (done - last)))
+            out["ETA"] = str(datetime.timedelta(seconds=max(seconds, 0)))
+        return out

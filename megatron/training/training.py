@@ -48,8 +48,16 @@ from .data_samplers import CyclicSampler, PretrainingSampler
 from .initialize import Runtime, initialize, setup_logging
 from .liveness import JobGone, PeerLiveness, report_lost_ranks
 from .lr_scheduler import OptimizerParamScheduler
-from .metrics import IterationLogger, MetricSink, build_sinks, send_counters, step_flops
+from .metrics import (
+    IterationLogger,
+    MetricSink,
+    build_sinks,
+    send_counters,
+    send_vs,
+    step_flops,
+)
 from .microbatches import MicroBatchCalculator
+from .model_stats import num_zeros_in_grad, params_norm
 from .save_lock import acquire_save_lock
 from .timers import StepTimers, maybe_timers
 
@@ -380,13 +388,13 @@ def _run_evaluation(ctx: TrainingContext, st: TrainState, loader, label: str = "
     parts = []
     for k, v in results.items():
         parts.append(f"{k} value: {v:.6E}")
-        sink.scalar(f"{k} {label}", v, st.iteration)
+        send_vs(sink, f"{k} {label}", v, st)
         if "loss" in k:
             # exp capped at e**20 as Megatron does; a NaN or inf loss has no perplexity to show
             ppl = math.exp(min(20.0, v)) if math.isfinite(v) else math.nan
             parts.append(f"{k} PPL: {ppl:.6E}")
             if run.logging.log_validation_ppl_to_tensorboard:
-                sink.scalar(f"{k} {label} ppl", ppl, st.iteration)
+                send_vs(sink, f"{k} {label} ppl", ppl, st)
     send_counters(sink, st)
     line = f" {label} loss at iteration {st.iteration} | " + " | ".join(parts)
     logger.info("-" * len(line) + "\n" + line + "\n" + "-" * len(line))
@@ -436,6 +444,30 @@ def _budget_done(run: RunConfig, st: TrainState) -> bool:
     if tr.train_tokens is not None and st.consumed_train_tokens >= tr.train_tokens:
         return True
     return False
+
+
+def budget_fraction(run: RunConfig, st: TrainState) -> Optional[float]:
+    """How much of the training budget is spent (the furthest of the iteration, sample and token
+    budgets that are set), or None when none is."""
+    tr, parts = run.training, []
+    for budget, used in (
+        (tr.train_iters, st.iteration),
+        (tr.train_samples, st.consumed_train_samples),
+        (tr.train_tokens, st.consumed_train_tokens),
+    ):
+        if budget:
+            parts.append(min(1.0, used / budget))
+    return max(parts) if parts else None
+
+
+def _model_stats(ctx: TrainingContext) -> Dict[str, float]:
+    """params-norm / num-zeros of the model when --log-params-norm / --log-num-zeros-in-grad."""
+    cfg, out = ctx.run.logging, {}
+    if cfg.log_params_norm:
+        out["params-norm"] = params_norm(ctx.model, ctx.rt.pstate)
+    if cfg.log_num_zeros_in_grad:
+        out["num-zeros"] = float(num_zeros_in_grad(ctx.model, ctx.rt.pstate))
+    return out
 
 
 def save(ctx: TrainingContext, st: TrainState) -> None:
@@ -549,7 +581,13 @@ def train(
     for m in ctx.model:
         m.train()
     data_iter = iter(train_loader)
-    log = IterationLogger(ctx.sink, run.world_size, run.training.train_iters)
+    log = IterationLogger(
+        ctx.sink,
+        run.world_size,
+        run.training.train_iters,
+        run.logging,
+        progress=lambda state: budget_fraction(run, state),
+    )
     try:
         while not _budget_done(run, st):
             plan = plan_step(ctx, st)
@@ -582,7 +620,8 @@ def train(
                 lr = ctx.scheduler.get_lr()
                 if ctx.timers is not None:
                     ctx.timers.write(ctx.sink, st.iteration, log.iterations)
-                log.log(st, lr, plan.global_batch_size, loss_scale, grad_norm, fields)
+                stats = _model_stats(ctx)
+                log.log(st, lr, plan.global_batch_size, loss_scale, grad_norm, fields, stats)
             reason = _after_step(ctx, st, valid_loader, exit_signal, start_time)
             if reason:
                 return reason

@@ -2,6 +2,7 @@
 exact resume, token accounting, pipeline parallelism with a changing sequence length."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -430,6 +431,8 @@ def test_bert_curriculum_and_random_ltd(tmp_path, bert_data):
         cfg,
         "--random-ltd",
         "--data-efficiency-curriculum-learning",
+        "--log-jsonl",
+        str(tmp_path / "metrics.jsonl"),
     ]
     pretrain(
         pretrain_bert.datasets_provider,
@@ -443,6 +446,72 @@ def test_bert_curriculum_and_random_ltd(tmp_path, bert_data):
     assert seqlens[0] == 24 and seqlens[-1] == 64 and seqlens == sorted(seqlens)  # 16 + 48/5 -> 24
     assert all(s % 8 == 0 for s in seqlens)
     assert all(np.isfinite(h["lm loss"]) for h in history)
+    names = {row["name"] for row in read_jsonl(tmp_path / "metrics.jsonl")}
+    for base in ("lm loss", "sop loss", "seqlen/curriculum_seqlen"):
+        assert {base, f"{base} vs samples", f"{base} vs tokens"} <= names, base
+
+
+def read_jsonl(path):
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_dashboards_fill_under_megatrons_names(tmp_path, gpt_data, capsys):
+    """TensorBoard / JSON-lines scalars under Megatron's names, each also vs samples and vs
+    tokens at those x values; Megatron-DeepSpeed's data-efficiency scalars; the iteration line's
+    timestamp, percent done and ETA."""
+    cfg = ds_config(tmp_path)
+    flags = ["--log-params-norm", "--log-num-zeros-in-grad", "--log-throughput",
+             "--log-batch-size-to-tensorboard", "--log-world-size-to-tensorboard",
+             "--log-timers-to-tensorboard", "--log-validation-ppl-to-tensorboard"]  # fmt: skip
+    argv = ["--train-iters", "4", "--eval-interval", "2", "--deepspeed", "--deepspeed_config", cfg,
+            "--data-efficiency-curriculum-learning", "--random-ltd", "--log-jsonl",
+            str(tmp_path / "m.jsonl"), "--tensorboard-dir", str(tmp_path / "tb"),
+            *flags]  # fmt: skip
+    st, hist = run_gpt(gpt_args(gpt_data, argv))
+    out = capsys.readouterr()
+    rows = read_jsonl(tmp_path / "m.jsonl")
+    at = {(r["name"], r["step"]): r["value"] for r in rows}
+    names = {r["name"] for r in rows}
+    bases = ["learning-rate", "batch-size", "lm loss", "loss-scale", "grad-norm", "params-norm",
+             "num-zeros", "iteration-time", "throughput", "world-size", "lm loss validation",
+             "lm loss validation ppl", "seqlen/curriculum_seqlen",
+             "seqlen/random_ltd_reserved_length"]  # fmt: skip
+    for base in bases:
+        assert {base, f"{base} vs samples", f"{base} vs tokens"} <= names, base
+    samples = {h["iteration"]: 8 * h["iteration"] for h in hist}
+    for h in hist:
+        it, tokens = h["iteration"], h["consumed_train_tokens"]
+        assert at[("lm loss", it)] == pytest.approx(h["lm loss"])
+        assert at[("lm loss vs samples", samples[it])] == pytest.approx(h["lm loss"])
+        assert at[("lm loss vs tokens", tokens)] == pytest.approx(h["lm loss"])
+        assert at[("seqlen/curriculum_seqlen", it)] == h["curriculum seqlen"]
+        assert at[("seqlen/random_ltd_reserved_length", it)] == h["random-LTD kept tokens"]
+        assert at[("batch-size", it)] == 8 and at[("world-size", it)] == 1
+        assert at[("grad-norm", it)] == pytest.approx(h["grad_norm"])
+        assert (
+            at[("params-norm", it)] > 0
+            and 0 <= at[("num-zeros", it)] < at[("params-norm", it)] * 1e9
+        )
+    text = (out.out + out.err).splitlines()
+    lines = [line for line in text if "] iteration" in line and "| consumed samples" in line]
+    assert len(lines) == 4
+    assert all(re.match(r"^ \[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\] iteration", line) for line in lines)
+    assert "percent done: 25.000" in lines[0] and "percent done: 100.000" in lines[-1]
+    assert "ETA: 0:00:00" in lines[-1] and "ETA" in lines[1]
+    assert "params norm:" in lines[0] and "num zeros:" in lines[0]
+    tb = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    acc = tb.EventAccumulator(str(tmp_path / "tb"), size_guidance={"scalars": 0})
+    acc.Reload()
+    assert set(bases) <= set(acc.Tags()["scalars"])
+    assert [e.step for e in acc.Scalars("learning-rate vs samples")] == [8, 16, 24, 32]
+
+
+def test_num_zeros_with_the_distributed_optimizer_is_an_error(tmp_path, gpt_data, capsys):
+    argv = ["--train-iters", "2", "--log-num-zeros-in-grad", "--use-distributed-optimizer"]
+    with pytest.raises(SystemExit):
+        parse_args(gpt_args(gpt_data, argv), world_size=1)
+    assert "--log-num-zeros-in-grad" in capsys.readouterr().err
 
 
 def _analyze(gpt_data, save, seed, samples):
