@@ -202,6 +202,8 @@ def test_austen_gpt_launcher_trains_with_rising_curriculum_and_kept_tokens(repo_
     losses = [float(v) for v in re.findall(r"\| lm loss: ([0-9.E+-]+) \|", log)]
     assert losses[-1] < losses[0]
     assert (tmp_path / "work" / "checkpoints" / "latest_checkpointed_iteration.txt").exists()
+    heldout = json.loads((tmp_path / "work" / "heldout.json").read_text())  # the eval stage
+    assert heldout["iteration"] == iters and 0 < heldout["loss"] < 12 and heldout["bits_per_byte"]
 
 
 @pytest.mark.slow
