@@ -1,6 +1,7 @@
 """pretrain_gpt with several processes (DP equivalence) and the exit paths (SIGTERM, duration)."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,7 +59,7 @@ def test_sigterm_saves_a_checkpoint_and_exits(tmp_path):
     deadline = time.time() + 240
     for line in proc.stdout:
         lines.append(line)
-        if line.lstrip().startswith("iteration") and "/" in line:
+        if re.match(r"^\s*(\[[^\]]*\]\s*)?iteration\s+\d+/", line):  # [time] iteration N/
             proc.send_signal(signal.SIGTERM)
             break
         assert time.time() < deadline, "".join(lines)
