@@ -114,6 +114,10 @@ class TensorBoardSink(MetricSink):
 
 
 class WandbSink(MetricSink):
+    """W&B run; its step must only grow, so the `vs samples` / `vs tokens` copies (stepped by
+    samples and tokens) are left out: W&B plots any scalar against the `consumed-samples` and
+    `consumed-tokens` counters it also gets."""
+
     def __init__(self, project: str, name: Optional[str], save_dir: Optional[str], config: Dict):
         try:
             import wandb
@@ -123,6 +127,8 @@ class WandbSink(MetricSink):
         wandb.init(project=project, name=name, dir=save_dir, config=config)
 
     def scalar(self, name, value, step):
+        if name.endswith((" vs samples", " vs tokens")):
+            return
         self.wandb.log({name: value}, step=step)
 
 
