@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -23,6 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megatron.core.datasets.builder import parse_split, split_documents  # noqa: E402
 from megatron.core.datasets.indexed_dataset import IndexedDataset  # noqa: E402
 from megatron.core.files import atomic_write_json  # noqa: E402
+from megatron.tokenizer import build_stored_tokenizer  # noqa: E402
 from megatron.training.checkpoint_convert import load_merged  # noqa: E402
 from megatron.training.heldout import (  # noqa: E402
     document_token_range,
@@ -30,7 +32,6 @@ from megatron.training.heldout import (  # noqa: E402
     text_bytes,
 )
 from megatron.training.serial_model import build_serial_model  # noqa: E402
-from tools.generate import build_stored_tokenizer  # noqa: E402
 
 PARTS = ("train", "valid", "test")
 
@@ -79,7 +80,7 @@ def evaluate(a) -> dict:
             f"{a.load} holds a {merged.model_type} checkpoint; tools/evaluate.py scores causal "
             "language models (GPT)"
         )
-    tokenizer = build_stored_tokenizer(merged.args, files)
+    tokenizer = build_stored_tokenizer(merged.args["tokenizer"], files)
     model = build_serial_model(merged, true_vocab_size=tokenizer.vocab_size).to(a.device)
     seq_length = a.seq_length or merged.args["model"]["seq_length"]
     max_positions = merged.args["model"]["max_position_embeddings"]
@@ -96,8 +97,7 @@ def evaluate(a) -> dict:
         )
     eod = getattr(tokenizer, "eod", None)
     if eod is not None:  # predict the first token too, after an end of document
-        stream = torch.cat([torch.tensor([eod]), torch.from_numpy(stream.astype("int64"))])
-        stream = stream.numpy()
+        stream = np.concatenate([np.array([eod], dtype=np.int64), stream.astype(np.int64)])
     result = score_stream(model, stream, seq_length, a.micro_batch_size, a.max_windows, a.device)
     if a.max_windows is None and type(tokenizer).__name__ != "NullTokenizer":
         result.text_bytes = text_bytes(tokenizer, indexed, first, last)

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron.core.models import GPTModel  # noqa: E402
 from megatron.core.transformer import TransformerConfig  # noqa: E402
-from megatron.tokenizer import TokenizerConfig, build_tokenizer  # noqa: E402
+from megatron.tokenizer import build_stored_tokenizer  # noqa: E402
 from megatron.training import checkpointing as ckpt  # noqa: E402
 from megatron.training.checkpoint_convert import load_merged  # noqa: E402
 from megatron.training.serial_model import build_serial_model  # noqa: E402
@@ -96,14 +96,6 @@ def model_from_checkpoint(sd: dict, true_vocab_size: Optional[int] = None) -> GP
     return model.eval()
 
 
-def build_stored_tokenizer(args: dict, overrides: dict):
-    """The tokenizer of the stored arguments, with the given file paths replacing the stored
-    ones."""
-    tk = dict(args["tokenizer"])
-    tk.update({k: v for k, v in overrides.items() if v})
-    return build_tokenizer(TokenizerConfig(**tk))
-
-
 @torch.no_grad()
 def generate(
     model, prompt_ids: List[int], max_new_tokens: int, max_len: int, eod: Optional[int], **sampling
@@ -144,7 +136,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"{a.load} holds a {merged.model_type} checkpoint; generation needs GPT")
     args = merged.args
     files = {k: getattr(a, k) for k in ("vocab_file", "merge_file", "tokenizer_model")}
-    tokenizer = build_stored_tokenizer(args, files)
+    tokenizer = build_stored_tokenizer(args["tokenizer"], files)
     # Only the tokenizer's ids are candidates: the padding ids of the embedding are left out.
     model = build_serial_model(merged, tokenizer.vocab_size)
     del merged

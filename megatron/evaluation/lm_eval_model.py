@@ -26,10 +26,10 @@ import torch
 from lm_eval.api.model import LM
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
+from megatron.tokenizer import build_stored_tokenizer
 from megatron.training.checkpoint_convert import load_merged
 from megatron.training.serial_model import build_serial_model
 
-from .loading import stored_tokenizer
 from .scoring import CausalLMScorer, GreedyRequest
 
 logger = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class MegatronDELM(LM):
                 f"{load} holds a {merged.model_type} checkpoint; megatron_de scores GPT checkpoints"
             )
         files = dict(vocab_file=vocab_file, merge_file=merge_file, tokenizer_model=tokenizer_model)
-        self.tokenizer = stored_tokenizer(merged.args, files)
+        self.tokenizer = build_stored_tokenizer(merged.args["tokenizer"], files)
         self.eod = getattr(self.tokenizer, "eod", None)
         if self.eod is None:
             raise ValueError(f"{load}: its tokenizer has no end-of-document token to prefix with")

@@ -11,11 +11,12 @@ tools/preprocess_data.py --split-sentences.
 """
 
 from .base import MegatronTokenizer
-from .build import build_tokenizer
+from .build import build_stored_tokenizer, build_tokenizer
 from .config import TOKENIZER_TYPES, TokenizerConfig
 from .sentence_split import split_sentences
 
 __all__ = [
+    "build_stored_tokenizer",
     "MegatronTokenizer",
     "TOKENIZER_TYPES",
     "TokenizerConfig",

@@ -46,3 +46,18 @@ def build_tokenizer(config: TokenizerConfig) -> MegatronTokenizer:
 
         return NullTokenizer(config.vocab_size)
     raise ValueError(f"--tokenizer-type {kind!r} is not supported")  # config validated it
+
+
+def build_stored_tokenizer(tok_args: dict, overrides: dict | None = None) -> MegatronTokenizer:
+    """The tokenizer of a checkpoint's stored `--tokenizer-*` options (its `args["tokenizer"]`).
+
+    Keys TokenizerConfig does not know (options of other versions) are ignored; non-empty
+    `overrides` (vocab_file, merge_file, tokenizer_model) replace the stored file paths, for
+    tokenizer files that moved since training.
+    """
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(TokenizerConfig)}
+    values = {k: v for k, v in tok_args.items() if k in names}
+    values.update({k: v for k, v in (overrides or {}).items() if v})
+    return build_tokenizer(TokenizerConfig(**values))

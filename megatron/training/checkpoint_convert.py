@@ -455,13 +455,9 @@ def tokenizer_vocab_size(args: Dict[str, Any]) -> Optional[int]:
     if not tok:
         return None
     try:
-        from megatron.tokenizer import build_tokenizer
-        from megatron.tokenizer.config import TokenizerConfig
+        from megatron.tokenizer import build_stored_tokenizer
 
-        names = {f.name for f in dataclasses.fields(TokenizerConfig)}
-        return build_tokenizer(
-            TokenizerConfig(**{k: v for k, v in tok.items() if k in names})
-        ).vocab_size
+        return build_stored_tokenizer(tok).vocab_size
     except (OSError, ValueError, ImportError) as err:
         logger.info("cannot build the stored tokenizer (%s)", err)
         return None

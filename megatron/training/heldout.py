@@ -61,9 +61,16 @@ def document_token_range(indexed, first_doc: int, last_doc: int) -> Tuple[int, i
             f"{indexed.path_prefix}: documents [{first_doc}, {last_doc}) out of range "
             f"(it has {len(docs) - 1})"
         )
-    sizes = indexed.sequence_lengths.astype(np.int64)
-    starts = np.concatenate([[0], np.cumsum(sizes)])
-    return int(starts[docs[first_doc]]), int(starts[docs[last_doc]])
+    return _token_position(indexed, int(docs[first_doc])), _token_position(
+        indexed, int(docs[last_doc])
+    )
+
+
+def _token_position(indexed, sequence: int) -> int:
+    """Position in the `.bin` of sequence `sequence`'s first token (the end for the last + 1)."""
+    if sequence >= len(indexed):
+        return indexed.num_tokens
+    return int(indexed.sequence_pointers[sequence]) // indexed.dtype.itemsize
 
 
 def windows(num_tokens: int, seq_length: int) -> Iterator[Tuple[int, int]]:

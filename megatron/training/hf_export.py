@@ -367,7 +367,9 @@ def build_hf_model(
 
 
 def _special_ids(args: Dict[str, Any]) -> Dict[str, int]:
-    from .hf_tokenizer import build_stored_tokenizer, special_ids
+    from megatron.tokenizer import build_stored_tokenizer
+
+    from .hf_tokenizer import special_ids
 
     try:
         return (

@@ -15,23 +15,15 @@ Other types raise ValueError naming --tokenizer-type.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from typing import Any, Dict, Optional
 
+from megatron.tokenizer import build_stored_tokenizer
+
 logger = logging.getLogger(__name__)
 
 SPECIAL_KEYS = ("bos", "eos", "pad", "unk", "cls", "sep", "mask")
-
-
-def build_stored_tokenizer(tok_args: Dict[str, Any]):
-    """Our tokenizer of the stored --tokenizer-* options (ValueError names a missing file)."""
-    from megatron.tokenizer import build_tokenizer
-    from megatron.tokenizer.config import TokenizerConfig
-
-    names = {f.name for f in dataclasses.fields(TokenizerConfig)}
-    return build_tokenizer(TokenizerConfig(**{k: v for k, v in tok_args.items() if k in names}))
 
 
 def special_ids(tokenizer) -> Dict[str, int]:

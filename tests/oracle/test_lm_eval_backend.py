@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 
-from megatron.evaluation.loading import stored_tokenizer
+from megatron.tokenizer import build_stored_tokenizer
 from megatron.training.checkpoint_convert import load_merged
 from megatron.training.heldout import score_stream
 from megatron.training.serial_model import build_serial_model
@@ -67,7 +67,7 @@ def trained(tmp_path_factory):
     run(base + GPT2 + ["--data-path", str(root / "docs_text_document"), "--split", "100,0,0",
                        "--train-iters", "3", "--save", str(root / "ckpt")])  # fmt: skip
     merged = load_merged(str(root / "ckpt"))
-    tokenizer = stored_tokenizer(merged.args, {})
+    tokenizer = build_stored_tokenizer(merged.args["tokenizer"])
     return root / "ckpt", build_serial_model(merged, tokenizer.vocab_size), tokenizer
 
 

@@ -10,9 +10,10 @@ import logging
 import pytest
 import torch
 
+from megatron.tokenizer import build_stored_tokenizer
 from megatron.training import checkpointing as ckpt
 from megatron.training import hf_export
-from megatron.training.hf_tokenizer import build_stored_tokenizer, save_hf_tokenizer
+from megatron.training.hf_tokenizer import save_hf_tokenizer
 from megatron.training.serial_model import load_serial_model
 from tests.conftest import TOKENIZER_DIR
 from tests.integration.test_checkpoint_reshard import train
