@@ -116,6 +116,12 @@ def write_megatron_lm(ours, dst, tp, pp, legacy: bool) -> None:
     (dst / ckpt.TRACKER_FILENAME).write_text("3")
 
 
+def import_argv(src, dst, tp: int, pp: int):
+    """tools/checkpoint_util.py's command line importing `src` into `dst` at TP x PP."""
+    layout = ["--target-tensor-parallel-size", str(tp), "--target-pipeline-parallel-size", str(pp)]
+    return ["--loader", "megatron-lm", "--load-dir", str(src), "--save-dir", str(dst), *layout]
+
+
 GPT_LAYERS = 4
 
 
@@ -136,18 +142,7 @@ def _logits(load_dir):
 @pytest.mark.parametrize("legacy", [True, False], ids=["legacy", "megatron-core"])
 def test_imported_megatron_lm_checkpoint_is_the_same_model(ours, tmp_path, legacy):
     write_megatron_lm(ours, tmp_path / "mlm", 2, 2, legacy)
-    argv = [
-        "--loader",
-        "megatron-lm",
-        "--load-dir",
-        str(tmp_path / "mlm"),
-        "--save-dir",
-        str(tmp_path / "imported"),
-        "--target-tensor-parallel-size",
-        "1",
-        "--target-pipeline-parallel-size",
-        "2",
-    ]
+    argv = import_argv(tmp_path / "mlm", tmp_path / "imported", 1, 2)
     assert checkpoint_util.main(argv) == 0
     got, merged = _logits(tmp_path / "imported")
     expect, _ = _logits(ours)
@@ -160,18 +155,7 @@ def test_imported_megatron_lm_checkpoint_is_the_same_model(ours, tmp_path, legac
 
 def test_imported_checkpoint_trains_on(ours, tmp_path):
     write_megatron_lm(ours, tmp_path / "mlm", 2, 2, legacy=True)
-    argv = [
-        "--loader",
-        "megatron-lm",
-        "--load-dir",
-        str(tmp_path / "mlm"),
-        "--save-dir",
-        str(tmp_path / "imported"),
-        "--target-tensor-parallel-size",
-        "2",
-        "--target-pipeline-parallel-size",
-        "2",
-    ]
+    argv = import_argv(tmp_path / "mlm", tmp_path / "imported", 2, 2)
     assert checkpoint_util.main(argv) == 0
     history = train("gpt", GPT, 2, 2, None, 1, ["--load", str(tmp_path / "imported")])
     assert [h["iteration"] for h in history] == [4, 5, 6]
@@ -184,25 +168,15 @@ def test_unsupported_models_and_formats_name_the_cause(ours, tmp_path, capsys):
     sd = torch.load(path, weights_only=False)
     sd["args"].group_query_attention = True
     torch.save(sd, path)
-    base = [
-        "--loader",
-        "megatron-lm",
-        "--save-dir",
-        str(tmp_path / "out"),
-        "--target-tensor-parallel-size",
-        "1",
-        "--target-pipeline-parallel-size",
-        "1",
-    ]
-    assert checkpoint_util.main(base + ["--load-dir", str(tmp_path / "mlm")]) == 2
+    assert checkpoint_util.main(import_argv(tmp_path / "mlm", tmp_path / "out", 1, 1)) == 2
     assert "grouped-query attention" in capsys.readouterr().err
     dist = tmp_path / "dist"
     (dist / "iter_0000003").mkdir(parents=True)
     (dist / "iter_0000003" / ".metadata").write_bytes(b"")
     (dist / ckpt.TRACKER_FILENAME).write_text("3")
-    assert checkpoint_util.main(base + ["--load-dir", str(dist)]) == 2
+    assert checkpoint_util.main(import_argv(dist, tmp_path / "out", 1, 1)) == 2
     assert "--ckpt-convert-format torch" in capsys.readouterr().err
-    assert checkpoint_util.main(base + ["--load-dir", str(ours)]) == 2
+    assert checkpoint_util.main(import_argv(ours, tmp_path / "out", 1, 1)) == 2
     assert "not Megatron-LM's Namespace" in capsys.readouterr().err
 
 
@@ -279,18 +253,7 @@ def write_deepspeed_engine(ours, dst, tp, pp, pipeline: bool) -> None:
 @pytest.mark.parametrize("pipeline", [True, False], ids=["layer-files", "module"])
 def test_imported_deepspeed_engine_checkpoint_is_the_same_model(ours, tmp_path, pipeline, capsys):
     write_deepspeed_engine(ours, tmp_path / "ds", 2, 2, pipeline)
-    argv = [
-        "--loader",
-        "megatron-lm",
-        "--load-dir",
-        str(tmp_path / "ds"),
-        "--save-dir",
-        str(tmp_path / "imported"),
-        "--target-tensor-parallel-size",
-        "2",
-        "--target-pipeline-parallel-size",
-        "1",
-    ]
+    argv = import_argv(tmp_path / "ds", tmp_path / "imported", 2, 1)
     assert checkpoint_util.main(argv) == 2  # the enum in its arguments needs pickle
     assert "--allow-pickle" in capsys.readouterr().err
     assert checkpoint_util.main(argv + ["--allow-pickle"]) == 0

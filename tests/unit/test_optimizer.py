@@ -26,13 +26,7 @@ SINGLE = ParallelState.single()
 SEQ, VOCAB = 16, 64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny matmuls: a second OpenMP thread only adds contention on a shared 2-core machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_gpt(dtype=torch.float32, seed=3) -> GPTModel:
